@@ -1,0 +1,1 @@
+"""robench built-in plugin: foolbox."""

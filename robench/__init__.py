@@ -1,0 +1,44 @@
+"""robench: how robust is this image classifier, and how does transfer or domain adaptation
+change that?  This module is the public API; plugins import only from here."""
+
+from robench.errors import PluginError, RobenchError, UnknownNameError, UsageError
+from robench.hookspecs import hookimpl, hookspec
+from robench.host import PluginHost, build_plugin_manager
+from robench.specs import (
+    THREATS,
+    AdaptorSpec,
+    AttackSpec,
+    BackboneSpec,
+    DatasetBundle,
+    DatasetSpec,
+    ExecutorSpec,
+    HeadSpec,
+    ReporterSpec,
+    TensorSplit,
+    as_tensors,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "THREATS",
+    "AdaptorSpec",
+    "AttackSpec",
+    "BackboneSpec",
+    "DatasetBundle",
+    "DatasetSpec",
+    "ExecutorSpec",
+    "HeadSpec",
+    "PluginError",
+    "PluginHost",
+    "ReporterSpec",
+    "RobenchError",
+    "TensorSplit",
+    "UnknownNameError",
+    "UsageError",
+    "__version__",
+    "as_tensors",
+    "build_plugin_manager",
+    "hookimpl",
+    "hookspec",
+]

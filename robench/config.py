@@ -1,0 +1,302 @@
+"""Grid configuration: TOML file + command-line flags -> a validated :class:`GridConfig`.
+
+Every value is checked here, once, so that the grid never starts on unusable input; every
+error is a :class:`UsageError` naming the key, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from robench.errors import UsageError, closest
+from robench.specs import THREATS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: eps used for a threat model when neither config nor flags give any
+DEFAULT_EPS: dict[str, tuple[str, ...]] = {
+    "linf": ("2/255", "4/255", "8/255", "16/255"),
+    "l2": ("0.25", "0.5", "1", "2"),
+    "l1": ("2", "5", "10"),
+    "l0": ("5", "10", "20"),
+    "corruption": ("1", "3", "5"),
+    "none": ("0",),
+}
+
+#: per-plugin parameter tables: config key -> plugin kind
+PARAM_TABLES: dict[str, str] = {
+    "data": "dataset",
+    "backbone": "backbone",
+    "head": "head",
+    "adaptor": "adaptor",
+    "attack": "attack",
+    "executor": "executor",
+    "reporter": "reporter",
+}
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class GridConfig:
+    """Everything that defines a grid run.  Field names are the TOML keys."""
+
+    name: str = "default"
+    dataset: str = "digits"
+    target: str | None = "digits-m"
+    backbones: list[str] = field(default_factory=lambda: ["digits-cnn", "timm:test_resnet"])
+    heads: list[str] = field(default_factory=lambda: ["linear"])
+    adaptors: list[str] = field(default_factory=lambda: ["none", "dann"])
+    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd", "noise"])
+    eps: dict[str, list[str]] = field(default_factory=dict)
+    reporters: list[str] = field(default_factory=lambda: ["csv", "md", "html", "json"])
+    limit: int | None = 500
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    executor: str = "local"
+    out: str = "reports"
+    fresh: bool = False
+    eval_batch_size: int = 256
+    #: per-plugin parameters: {"attack": {"pgd": {"steps": 20}}, ...}
+    params: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.name
+
+    def plugin_params(self, kind: str, name: str) -> dict[str, Any]:
+        table = {v: k for k, v in PARAM_TABLES.items()}[kind]
+        return dict(self.params.get(table, {}).get(name, {}))
+
+    def eps_values(self, threat: str) -> list[float]:
+        """The eps list of ``threat``, ascending, as floats."""
+        raw = self.eps.get(threat) or list(DEFAULT_EPS[threat])
+        return sorted({float(parse_eps_value(threat, v)) for v in raw})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- eps
+
+
+def parse_eps_value(threat: str, text: Any) -> Fraction:
+    """``"4/255"`` -> Fraction(4, 255); refuses negatives, NaN and non-numbers."""
+    raw = str(text).strip()
+    try:
+        if isinstance(text, float):
+            if not math.isfinite(text):
+                raise ValueError
+            value = Fraction(text).limit_denominator(10**9)
+        else:
+            value = Fraction(raw)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(
+            f"Bad eps {raw!r} for threat {threat!r}: write a number or a fraction such as "
+            f"0.5 or 8/255."
+        ) from None
+    if value < 0:
+        raise UsageError(f"Bad eps {raw!r} for threat {threat!r}: eps must be >= 0.")
+    if threat == "linf" and value > 1:
+        raise UsageError(
+            f"Bad eps {raw!r} for threat 'linf': images are in [0, 1], so an Linf eps above 1 "
+            f"means nothing (did you mean {raw}/255?)."
+        )
+    if threat == "corruption" and (value.denominator != 1 or not 1 <= value <= 5):
+        raise UsageError(f"Bad severity {raw!r} for threat 'corruption': use integers 1 to 5.")
+    if threat == "l0" and value.denominator != 1:
+        raise UsageError(f"Bad eps {raw!r} for threat 'l0': it counts pixels, use an integer.")
+    return value
+
+
+def parse_eps_flag(text: str) -> tuple[str, list[str]]:
+    """``"linf:1/255,4/255"`` -> ("linf", ["1/255", "4/255"]), validated."""
+    threat, sep, values = text.partition(":")
+    threat = threat.strip().lower()
+    if not sep or not values.strip():
+        raise UsageError(
+            f"Bad --eps {text!r}: write THREAT:E1,E2,... such as linf:1/255,4/255 or l2:0.5."
+        )
+    check_threat(threat)
+    parts = [v.strip() for v in values.split(",") if v.strip()]
+    for part in parts:
+        parse_eps_value(threat, part)
+    return threat, parts
+
+
+def check_threat(threat: str) -> None:
+    if threat not in THREATS:
+        hint = closest(threat, THREATS)
+        raise UsageError(
+            f"Unknown threat model {threat!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; threat models are {', '.join(THREATS)}."
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(GridConfig)}
+_LIST_KEYS = ("backbones", "heads", "adaptors", "attacks", "reporters")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"Config file {str(path)!r} does not exist.")
+    if path.is_dir():
+        raise UsageError(f"Config path {str(path)!r} is a folder; give a TOML file.")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"Config file {str(path)!r} is not valid TOML: {exc}.") from None
+
+
+def _split_names(value: Any, key: str) -> list[str]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, Sequence):
+        items = [str(v).strip() for v in value]
+    else:
+        raise UsageError(f"Config key {key!r} must be a list of names, got {value!r}.")
+    items = [i for i in items if i]
+    if not items:
+        raise UsageError(f"Config key {key!r} is empty; give at least one name.")
+    if len(set(items)) != len(items):
+        raise UsageError(f"Config key {key!r} lists a name twice: {items}.")
+    return items
+
+
+def _int(value: Any, key: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UsageError(f"Config key {key!r} must be an integer >= {minimum}, got {value!r}.")
+    try:
+        number = int(value)
+    except ValueError:
+        raise UsageError(
+            f"Config key {key!r} must be an integer >= {minimum}, got {value!r}."
+        ) from None
+    if number < minimum:
+        raise UsageError(f"Config key {key!r} must be an integer >= {minimum}, got {number}.")
+    return number
+
+
+def _float(value: Any, key: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"Config key {key!r} must be a positive number, got {value!r}.") from None
+    if not math.isfinite(number) or number < 0:
+        raise UsageError(f"Config key {key!r} must be a positive number, got {value!r}.")
+    return number
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-+<>\"' &;=()/]*$")
+
+
+def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> GridConfig:
+    """Validate a config mapping (from TOML) plus flag overrides into a GridConfig.
+
+    ``overrides`` with value ``None`` are ignored, so CLI flags left out keep the file's value.
+    """
+    merged: dict[str, Any] = dict(data or {})
+    for key, value in overrides.items():
+        if value is not None:
+            merged[key] = value
+    config = GridConfig()
+    known = [*_FIELD_TYPES, *PARAM_TABLES]
+    for key, value in merged.items():
+        if key in PARAM_TABLES:
+            if not isinstance(value, Mapping) or not all(
+                isinstance(v, Mapping) for v in value.values()
+            ):
+                raise UsageError(
+                    f"Config table [{key}] must hold one sub-table per plugin name, such as "
+                    f"[{key}.NAME] with its parameters."
+                )
+            config.params[key] = {str(k): dict(v) for k, v in value.items()}
+            continue
+        if key not in _FIELD_TYPES or key == "params":
+            hint = closest(key, known)
+            raise UsageError(
+                f"Unknown config key {key!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f". Known keys: {', '.join(k for k in known if k != 'params')}."
+            )
+        if key in _LIST_KEYS:
+            setattr(config, key, _split_names(value, key))
+        elif key == "eps":
+            if not isinstance(value, Mapping):
+                raise UsageError(
+                    "Config key 'eps' must be a table such as [eps] linf = ['4/255', '8/255']."
+                )
+            eps: dict[str, list[str]] = {}
+            for threat, values in value.items():
+                check_threat(str(threat))
+                if isinstance(values, (str, int, float)):
+                    values = [values]
+                if not isinstance(values, Sequence) or not values:
+                    raise UsageError(f"eps for threat {threat!r} must be a non-empty list.")
+                for v in values:
+                    parse_eps_value(str(threat), v)
+                eps[str(threat)] = [str(v) for v in values]
+            config.eps = eps
+        elif key in ("limit",):
+            config.limit = None if value in (0, "0", "all") else _int(value, key, minimum=1)
+        elif key in ("epochs", "batch_size", "eval_batch_size"):
+            setattr(config, key, _int(value, key, minimum=1 if key != "epochs" else 0))
+        elif key == "seed":
+            config.seed = _int(value, key, minimum=0)
+        elif key in ("lr", "weight_decay"):
+            setattr(config, key, _float(value, key))
+        elif key == "fresh":
+            config.fresh = bool(value)
+        elif key == "device":
+            device = str(value).lower()
+            if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
+                raise UsageError(
+                    f"Bad device {value!r}: use auto, cpu, cuda or cuda:N."
+                )
+            config.device = device
+        elif key == "target":
+            config.target = None if value in ("", "none", None) else str(value)
+        elif key in ("name",):
+            name = str(value).strip()
+            if not name or "/" in name or "\\" in name or name in (".", ".."):
+                raise UsageError(
+                    f"Bad run name {value!r}: it names a folder under --out, so it must be "
+                    f"non-empty and contain no path separators."
+                )
+            config.name = name
+        else:
+            if not isinstance(value, str) or not value.strip():
+                raise UsageError(f"Config key {key!r} must be a non-empty string, got {value!r}.")
+            setattr(config, key, value.strip())
+    if config.target == config.dataset:
+        raise UsageError(
+            f"target {config.target!r} is the same as dataset; give another domain or none."
+        )
+    return config
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> GridConfig:
+    """Read an optional TOML file and apply flag overrides."""
+    data = load_toml(path) if path is not None else {}
+    return build_config(data, **overrides)

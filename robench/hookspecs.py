@@ -1,0 +1,110 @@
+"""Every hook a robench plugin can implement.
+
+A plugin is a module (or object) with functions marked ``@robench.hookimpl`` whose names
+match the specs below.  Each hook takes no arguments and returns an iterable of spec objects;
+the host calls every implementation, merges the results and refuses a name registered twice
+(naming both plugins).  Plugins are found through the entry-point group ``robench``.
+
+Hooks may gain keyword arguments in later versions; pluggy lets an implementation accept
+fewer arguments than its spec, so plugins written today keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pluggy
+
+from robench.specs import (
+    AdaptorSpec,
+    AttackSpec,
+    BackboneSpec,
+    DatasetSpec,
+    ExecutorSpec,
+    HeadSpec,
+    ReporterSpec,
+)
+
+PROJECT = "robench"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------- data and models
+
+
+@hookspec
+def robench_register_datasets() -> Iterable[DatasetSpec]:
+    """Register datasets.
+
+    Called once per plugin host, when a dataset is first looked up.  Each factory is called
+    with the user's parameters and returns a :class:`robench.DatasetBundle` whose splits yield
+    ``(image, label)`` with images float ``(C, H, W)`` in [0, 1].
+    """
+
+
+@hookspec
+def robench_register_backbones() -> Iterable[BackboneSpec]:
+    """Register feature extractors.
+
+    Each factory is called with ``image_size`` and ``in_chans`` of the dataset besides the
+    user's parameters (and ``name`` for a ``prefix:*`` namespace) and returns an ``nn.Module``
+    mapping images to pooled features ``(N, D)``, with attribute ``num_features = D`` and
+    optionally ``mean``/``std`` applied by the harness inside the evaluated model.
+    """
+
+
+@hookspec
+def robench_register_heads() -> Iterable[HeadSpec]:
+    """Register classification heads (``features -> logits``).
+
+    Each factory is called with ``num_features`` and ``num_classes`` besides the user's
+    parameters.  ``HeadSpec.backbone_training`` says whether the backbone is fine-tuned,
+    frozen or partly trained under the head.
+    """
+
+
+@hookspec
+def robench_register_adaptors() -> Iterable[AdaptorSpec]:
+    """Register domain-adaptation objectives used during training.
+
+    Each factory is called with ``num_features`` besides the user's parameters and returns a
+    module with ``uses_target`` and ``loss(source_features, target_features, progress)``.
+    """
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@hookspec
+def robench_register_attacks() -> Iterable[AttackSpec]:
+    """Register adversarial attacks and corruptions.
+
+    Each factory returns an object with ``perturb(model, x, y, eps, target=None) -> x_adv``.
+    The model takes images in [0, 1]; the harness orders eps, batches, counts gradient
+    evaluations and verifies every returned example, so an attack only perturbs.
+    """
+
+
+# ---------------------------------------------------------------- running and reporting
+
+
+@hookspec
+def robench_register_executors() -> Iterable[ExecutorSpec]:
+    """Register executors that run grid jobs (``local`` in-process, ``ray`` on a cluster)."""
+
+
+@hookspec
+def robench_register_reporters() -> Iterable[ReporterSpec]:
+    """Register report writers (``csv``, ``md``, ``html``, ``json``) fed the results table."""
+
+
+HOOK_KINDS: dict[str, str] = {
+    "dataset": "robench_register_datasets",
+    "backbone": "robench_register_backbones",
+    "head": "robench_register_heads",
+    "adaptor": "robench_register_adaptors",
+    "attack": "robench_register_attacks",
+    "executor": "robench_register_executors",
+    "reporter": "robench_register_reporters",
+}

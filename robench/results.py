@@ -1,0 +1,63 @@
+"""The results table: its columns, their meaning and types.
+
+One row per model x domain x attack x eps (plus ``worst-case`` rows per threat model).
+This is the contract of ``results.csv``; docs/results.md explains each column.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+#: column -> (dtype, meaning)
+COLUMNS: dict[str, tuple[str, str]] = {
+    "model": ("string", "model name: backbone+head+adaptor"),
+    "backbone": ("string", "backbone plugin name, e.g. timm:test_resnet"),
+    "head": ("string", "head plugin name"),
+    "adaptor": ("string", "adaptor plugin name ('none' when source only)"),
+    "dataset": ("string", "dataset plugin name of the evaluated domain"),
+    "domain": ("string", "'source' or 'target'"),
+    "attack": ("string", "attack plugin name, or 'worst-case'"),
+    "threat": ("string", "linf, l2, l1, l0, corruption or none"),
+    "attack_kind": ("string", "bounded, minimal or worst-case"),
+    "eps": ("float64", "perturbation budget (severity for corruptions)"),
+    "eps_label": ("string", "eps as written in the config, e.g. 8/255"),
+    "clean_acc": ("float64", "fraction of the n samples classified correctly without attack"),
+    "robust_acc": ("float64", "fraction of the n samples correct and not fooled at this eps"),
+    "n": ("int64", "samples evaluated"),
+    "n_robust": ("int64", "samples correct and not fooled"),
+    "n_invalid": ("int64", "adversarials that failed verification (counted as not fooled)"),
+    "grad_evals": ("int64", "input gradients the attack computed for this eps, over samples"),
+    "queries": ("int64", "model forward evaluations the attack made for this eps, over samples"),
+    "seconds": ("float64", "wall time spent on this eps"),
+    "status": ("string", "ok, invalid (verification failed) or failed (the task raised)"),
+    "flags": ("string", "';'-separated sanity flags (docs/protocol.md)"),
+    "error": ("string", "error text when status is failed"),
+    "seed": ("int64", "the run's seed"),
+    "device": ("string", "device the row was computed on"),
+    "params": ("int64", "parameters of the evaluated model"),
+    "train_seconds": ("float64", "wall time spent training the model"),
+    "attack_params": ("string", "JSON of the attack's parameters"),
+    "run": ("string", "run name"),
+}
+
+COLUMN_NAMES: list[str] = list(COLUMNS)
+
+
+def empty_results() -> pd.DataFrame:
+    return coerce_results(pd.DataFrame(columns=COLUMN_NAMES))
+
+
+def coerce_results(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns in contract order with contract dtypes; extra columns kept at the end."""
+    frame = frame.copy()
+    for column, (dtype, _) in COLUMNS.items():
+        if column not in frame:
+            frame[column] = pd.NA
+        if dtype == "string":
+            frame[column] = frame[column].astype("string").fillna("")
+        elif dtype == "int64":
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").fillna(0).astype("int64")
+        else:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    extra = [c for c in frame.columns if c not in COLUMNS]
+    return frame[COLUMN_NAMES + extra].reset_index(drop=True)

@@ -1,0 +1,208 @@
+"""Spec objects: what a plugin registers, and the data bundles factories return.
+
+A spec is a frozen dataclass that names one buildable thing (a dataset, a backbone, an
+attack, ...), carries the metadata ``robench plugins`` and the leaderboards need without
+building anything, and holds the ``factory`` that builds it.  The host fills in ``plugin``
+(the registering plugin's canonical name) when it collects specs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch.utils.data import Dataset
+
+Threat = Literal["linf", "l2", "l1", "l0", "corruption", "none"]
+THREATS: tuple[str, ...] = ("linf", "l2", "l1", "l0", "corruption", "none")
+AttackKind = Literal["bounded", "minimal"]
+ATTACK_KINDS: tuple[str, ...] = ("bounded", "minimal")
+BACKBONE_TRAINING: tuple[str, ...] = ("fine-tune", "frozen", "partial")
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """Fields shared by every spec.
+
+    ``name`` is what users type (``pgd``, ``timm:*``); a name ending in ``:*`` is a namespace
+    whose factory also receives ``name=`` with the part after the prefix.
+    """
+
+    spec_kind: ClassVar[str] = ""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    plugin: str = field(default="", compare=False)
+
+    @property
+    def is_namespace(self) -> bool:
+        return self.name.endswith(":*")
+
+    @property
+    def prefix(self) -> str:
+        return self.name[:-1] if self.is_namespace else self.name
+
+    def metadata(self) -> dict[str, Any]:
+        """Plain fields for listings (everything but the factory)."""
+        out: dict[str, Any] = {"spec_kind": self.spec_kind, "name": self.name}
+        for key, value in self.__dict__.items():
+            if key in ("name", "factory"):
+                continue
+            out[key] = value
+        return out
+
+
+@dataclass(frozen=True)
+class DatasetSpec(PluginSpec):
+    """A dataset; ``factory(**params) -> DatasetBundle``."""
+
+    spec_kind: ClassVar[str] = "dataset"
+
+
+@dataclass(frozen=True)
+class BackboneSpec(PluginSpec):
+    """A feature extractor; ``factory(image_size=, in_chans=, **params) -> nn.Module``.
+
+    The module maps images to pooled features ``(N, D)`` and has ``num_features = D``; it may
+    carry ``mean``/``std`` (sequences of per-channel floats) that the harness applies inside
+    the evaluated model.
+    """
+
+    spec_kind: ClassVar[str] = "backbone"
+    pretrained: bool = False
+
+
+@dataclass(frozen=True)
+class HeadSpec(PluginSpec):
+    """A classification head; ``factory(num_features=, num_classes=, **params) -> nn.Module``.
+
+    ``backbone_training`` says how the backbone trains under it: ``fine-tune``, ``frozen`` or
+    ``partial``.  The module may define ``prepare_backbone(backbone)`` (freeze what it must)
+    and ``backbone_lr_scale`` (the backbone's learning rate relative to the head's).
+    """
+
+    spec_kind: ClassVar[str] = "head"
+    backbone_training: str = "fine-tune"
+
+    def __post_init__(self) -> None:
+        if self.backbone_training not in BACKBONE_TRAINING:
+            raise ValueError(
+                f"HeadSpec {self.name!r}: backbone_training must be one of {BACKBONE_TRAINING}"
+            )
+
+
+@dataclass(frozen=True)
+class AdaptorSpec(PluginSpec):
+    """A domain-adaptation objective; ``factory(num_features=, **params) -> nn.Module``.
+
+    The module has ``uses_target: bool`` and
+    ``loss(source_features, target_features, progress) -> Tensor`` added to the task loss;
+    ``progress`` runs from 0 to 1 over training, counted per optimiser step.
+    """
+
+    spec_kind: ClassVar[str] = "adaptor"
+    uses_target: bool = True
+
+
+@dataclass(frozen=True)
+class AttackSpec(PluginSpec):
+    """An attack; ``factory(**params)`` returns an object with
+    ``perturb(model, x, y, eps, target=None) -> x_adv``.
+
+    ``threat`` is the threat model whose eps list applies; ``kind`` is ``bounded`` (one run per
+    eps) or ``minimal`` (one run with ``eps=None`` returns minimal adversarials, and the whole
+    robust-accuracy-vs-eps curve follows from their norms).  ``black_box`` attacks use only
+    model outputs; ``targeted`` says the attack honours ``target``.
+    """
+
+    spec_kind: ClassVar[str] = "attack"
+    threat: str = "linf"
+    kind: str = "bounded"
+    black_box: bool = False
+    targeted: bool = False
+
+    def __post_init__(self) -> None:
+        if self.threat not in THREATS:
+            raise ValueError(f"AttackSpec {self.name!r}: threat must be one of {THREATS}")
+        if self.kind not in ATTACK_KINDS:
+            raise ValueError(f"AttackSpec {self.name!r}: kind must be one of {ATTACK_KINDS}")
+
+
+@dataclass(frozen=True)
+class ExecutorSpec(PluginSpec):
+    """Runs grid jobs; ``factory(**params)`` returns an object with
+    ``run(jobs: Sequence[Job]) -> Iterator[JobOutcome]`` yielding outcomes as jobs finish."""
+
+    spec_kind: ClassVar[str] = "executor"
+
+
+@dataclass(frozen=True)
+class ReporterSpec(PluginSpec):
+    """Writes reports; ``factory(**params)`` returns an object with
+    ``write(results: DataFrame, run_dir: Path, context: dict) -> list[Path]``."""
+
+    spec_kind: ClassVar[str] = "reporter"
+    files: tuple[str, ...] = ()
+
+
+SPEC_TYPES: dict[str, type[PluginSpec]] = {
+    cls.spec_kind: cls
+    for cls in (DatasetSpec, BackboneSpec, HeadSpec, AdaptorSpec, AttackSpec, ExecutorSpec,
+                ReporterSpec)
+}
+
+
+# --------------------------------------------------------------------------- data bundles
+
+
+class TensorSplit(Dataset):
+    """A split held in memory: images ``(N, C, H, W)`` float32 in [0, 1], labels ``(N,)`` int64."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError("labels must be (N,) and match images")
+        self.images = images.float().contiguous()
+        self.labels = labels.long().contiguous()
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+@dataclass
+class DatasetBundle:
+    """What a dataset factory returns.
+
+    ``train`` and ``test`` yield ``(image, label)`` with images ``(C, H, W)`` float in [0, 1].
+    ``domain`` names the domain the images come from (e.g. ``photo`` in PACS).
+    """
+
+    name: str
+    num_classes: int
+    image_size: int
+    in_chans: int
+    train: Dataset
+    test: Dataset
+    class_names: Sequence[str] = ()
+    domain: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def as_tensors(split: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Materialise a split as ``(images, labels)`` tensors (small datasets stay resident)."""
+    if isinstance(split, TensorSplit):
+        return split.images, split.labels
+    images, labels = [], []
+    for image, label in split:
+        images.append(torch.as_tensor(image, dtype=torch.float32))
+        labels.append(int(label))
+    if not images:
+        raise ValueError("empty split")
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
