@@ -1,1 +1,1 @@
-"""robench built-in plugin: grl."""
+"""robench built-in plugin: gradient reversal (DANN), CORAL, and the DANN paper's digit CNN."""

@@ -1,0 +1,38 @@
+# Two commands for a fresh machine:
+#   make grid   set up .venv and run the built-in default grid (digits -> digits-m)
+#   make test   set up .venv and run the whole test suite (slow tests included)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch/torchvision are installed first and explicitly; override for another platform,
+# e.g. make TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup grid test test-fast bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+grid: setup
+	$(VENV)/bin/robench grid
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-only
+
+lint: setup
+	$(VENV)/bin/ruff check robench plugins tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -1,0 +1,198 @@
+"""``robench`` command line.
+
+Exit codes: 0 success; 1 some tasks failed (their rows say why, the rest are complete);
+2 unusable input, with a one-paragraph message and no traceback; 130 interrupted (what
+finished is saved; rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from robench.errors import RobenchError, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Robustness benchmarks for image classifiers.")
+leaderboard_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                              help="Work with leaderboards.")
+app.add_typer(leaderboard_app, name="leaderboard")
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False)
+
+
+def _fail(exc: RobenchError) -> None:
+    err.print(f"robench: error: {exc}", markup=False)
+    raise typer.Exit(getattr(exc, "exit_code", 2))
+
+
+def _names(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()] or [""]
+
+
+@app.command()
+def grid(
+    config: Annotated[Path | None, typer.Argument(help="TOML config file")] = None,
+    dataset: Annotated[str | None, typer.Option(help="source dataset")] = None,
+    target: Annotated[str | None, typer.Option(help="target domain dataset, or 'none'")] = None,
+    backbones: Annotated[str | None, typer.Option(help="comma-separated backbones")] = None,
+    heads: Annotated[str | None, typer.Option(help="comma-separated heads")] = None,
+    adaptors: Annotated[str | None, typer.Option(help="comma-separated adaptors")] = None,
+    attacks: Annotated[str | None, typer.Option(help="comma-separated attacks")] = None,
+    eps: Annotated[list[str] | None, typer.Option(
+        help="THREAT:E1,E2 (repeatable), e.g. linf:4/255,8/255")] = None,
+    limit: Annotated[str | None, typer.Option(help="evaluate a fixed subset of N samples")] = None,
+    epochs: Annotated[str | None, typer.Option(help="training epochs")] = None,
+    seed: Annotated[str | None, typer.Option(help="seed for everything")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N")] = None,
+    executor: Annotated[str | None, typer.Option(help="local or ray")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (folder and title)")] = None,
+    out_dir: Annotated[str | None, typer.Option("--out", help="output folder")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="ignore stored results")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Train, attack and report a model x attack x eps grid."""
+    from robench.config import build_config, load_toml, parse_eps_flag
+    from robench.grid import Grid
+
+    try:
+        data = load_toml(config) if config is not None else {}
+        eps_table = None
+        if eps:
+            eps_table = dict(data.get("eps", {})) if isinstance(data.get("eps"), dict) else {}
+            for item in eps:
+                threat, values = parse_eps_flag(item)
+                eps_table[threat] = values
+        cfg = build_config(
+            data, dataset=dataset, target=target, backbones=_names(backbones),
+            heads=_names(heads), adaptors=_names(adaptors), attacks=_names(attacks),
+            eps=eps_table, limit=limit, epochs=epochs, seed=seed, device=device,
+            executor=executor, name=name, out=out_dir, fresh=True if fresh else None,
+        )
+        runner = Grid(cfg, progress=not quiet, console=err)
+        results = runner.run()
+    except RobenchError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        err.print("robench: interrupted; finished tasks are saved. Rerun the same command "
+                  "to resume.")
+        raise typer.Exit(130) from None
+    _summary(results, runner)
+    if runner.failures or (results["status"] == "failed").any():
+        err.print(f"robench: {len(runner.failures)} task(s) failed; their rows have "
+                  f"status 'failed' and say why:", markup=False)
+        for failure in runner.failures:
+            err.print(f"  - {failure}", markup=False)
+        raise typer.Exit(1)
+
+
+def _summary(results, runner) -> None:
+    import pandas as pd
+
+    run_dir = runner.run_dir
+    lb_path = run_dir / "leaderboard.csv"
+    if lb_path.exists():
+        board = pd.read_csv(lb_path)
+        table = Table(title=f"robench: {runner.config.name}", title_justify="left")
+        cols = [c for c in board.columns if c in ("model", "domain", "clean_acc")]
+        cols += [c for c in board.columns if c.startswith("headline")][:1]
+        for col in cols:
+            table.add_column(col)
+        for _, row in board.iterrows():
+            table.add_row(*[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
+                            for c in cols])
+        out.print(table)
+    out.print(f"results: {run_dir / 'results.csv'}  ({len(results)} rows)")
+    for report in ("leaderboard.csv", "leaderboard.md", "leaderboard.html"):
+        if (run_dir / report).exists():
+            out.print(f"report:  {run_dir / report}")
+
+
+@app.command()
+def plugins(
+    kind: Annotated[str | None, typer.Option(help="dataset, backbone, head, adaptor, attack, "
+                                                  "executor or reporter")] = None,
+) -> None:
+    """List installed plugins: kind, name, providing plugin and distribution, description."""
+    from robench.host import KINDS, PluginHost, plugin_table
+
+    try:
+        if kind is not None and kind not in KINDS:
+            plural = {f"{k}s": k for k in KINDS}
+            if kind in plural:
+                kind = plural[kind]
+            else:
+                raise UsageError(f"Unknown plugin kind {kind!r}; kinds are {', '.join(KINDS)}.")
+        host = PluginHost.create()
+        rows = plugin_table(host, [kind] if kind else KINDS)
+    except RobenchError as exc:
+        _fail(exc)
+    table = Table(show_lines=False)
+    for col in ("kind", "name", "plugin", "distribution", "description"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(row[c] for c in ("kind", "name", "plugin", "distribution",
+                                         "description")))
+    Console(width=max(160, out.width), highlight=False).print(table)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> None:
+    """Rebuild every report of a run from its stored results, without rerunning anything."""
+    import json
+
+    import pandas as pd
+
+    from robench.grid import write_reports
+    from robench.host import PluginHost
+    from robench.results import coerce_results
+
+    try:
+        if not run_dir.is_dir():
+            raise UsageError(f"Run folder {str(run_dir)!r} does not exist.")
+        results_path = run_dir / "results.csv"
+        if not results_path.exists():
+            raise UsageError(f"{str(run_dir)!r} has no results.csv: is it a robench run folder?")
+        provenance = {}
+        if (run_dir / "run.json").exists():
+            provenance = json.loads((run_dir / "run.json").read_text())
+        results = coerce_results(pd.read_csv(results_path, keep_default_na=False,
+                                             na_values=[""]))
+        reporters = provenance.get("config", {}).get("reporters") or ["csv", "md", "html",
+                                                                      "json"]
+        written = write_reports(results, run_dir, provenance, reporters, PluginHost.create())
+    except RobenchError as exc:
+        _fail(exc)
+    for path in written:
+        out.print(f"report: {path}")
+
+
+@leaderboard_app.command("merge")
+def leaderboard_merge(
+    files: Annotated[list[Path], typer.Argument(help="results.csv files to merge")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="merged results csv")],
+) -> None:
+    """Merge runs or submissions into one validated leaderboard."""
+    try:
+        from robench.merge import merge_leaderboards
+
+        merged = merge_leaderboards(list(files), output)
+    except RobenchError as exc:
+        _fail(exc)
+    out.print(f"merged {len(files)} file(s), {len(merged)} rows -> {output}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except SystemExit as exc:
+        sys.exit(exc.code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""Evaluation: clean accuracy, the eps cascade, and verification of every adversarial.
+
+The harness, not the attack, owns correctness:
+
+* eps-bounded attacks run from the smallest eps up, each only on samples still robust (a
+  sample fooled at eps is fooled at every larger eps, since its adversarial lies in the larger
+  ball too); clean-misclassified samples are never attacked;
+* minimal-norm attacks run once; the curve follows from per-sample perturbation norms;
+* every returned example is checked: finite, inside [0, 1], inside the eps ball (within
+  :data:`EPS_TOLERANCE`), and re-classified by the model.  An example failing a check counts
+  as *not fooled* and makes its row ``invalid``: never silently clipped or projected;
+* cost is measured, not declared: a hook on the model input counts input gradients and
+  forward evaluations per sample.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: absolute slack allowed on a perturbation norm, for float32 rounding of x + delta
+EPS_TOLERANCE = 1e-5
+#: slack allowed outside [0, 1]
+BOX_TOLERANCE = 1e-6
+
+
+class CountingModel(nn.Module):
+    """Wraps a model to count forward evaluations and input gradients, per sample."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.queries = 0
+        self.grad_evals = 0
+
+    def reset(self) -> None:
+        self.queries = 0
+        self.grad_evals = 0
+
+    def _count_grad(self, n: int) -> Callable[[torch.Tensor], None]:
+        def hook(_grad: torch.Tensor) -> None:
+            self.grad_evals += n
+
+        return hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = int(x.shape[0])
+        self.queries += n
+        if x.requires_grad and torch.is_grad_enabled():
+            x = x.view_as(x)  # a fresh node, so the hook belongs to this call only
+            x.register_hook(self._count_grad(n))
+        return self.model(x)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+    outs = [model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0, dtype=torch.long, device=x.device)
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def perturbation_norm(delta: torch.Tensor, threat: str) -> torch.Tensor:
+    """Per-sample norm of ``delta`` for ``threat`` (L0 counts changed pixels over channels)."""
+    flat = delta.flatten(1)
+    if threat == "linf":
+        return flat.abs().amax(1)
+    if threat == "l2":
+        return flat.norm(p=2, dim=1)
+    if threat == "l1":
+        return flat.abs().sum(1)
+    if threat == "l0":
+        changed = (delta.abs() > 1e-7).any(dim=1) if delta.ndim == 4 else flat.abs() > 1e-7
+        return changed.flatten(1).sum(1).to(delta.dtype)
+    return torch.zeros(len(delta), dtype=delta.dtype, device=delta.device)
+
+
+@dataclass
+class Verification:
+    """Per-sample outcome of checking an attack's output."""
+
+    valid: torch.Tensor  # bool (N,): passed every check
+    fooled: torch.Tensor  # bool (N,): valid and classified as the attack wanted
+    norms: torch.Tensor  # float (N,): perturbation norm in the threat's metric
+    reasons: Counter = field(default_factory=Counter)
+
+
+def verify_adversarial(
+    model: nn.Module,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    threat: str,
+    eps: float | None,
+    target: torch.Tensor | None = None,
+    batch_size: int = 256,
+) -> Verification:
+    """Check every example; never fix one.
+
+    ``eps=None`` (minimal-norm attacks) skips the ball check; the caller compares ``norms``
+    with each eps.  A corruption's severity is not a norm, so it has no ball either.
+    """
+    reasons: Counter = Counter()
+    if x_adv.shape != x.shape:
+        raise ValueError(f"attack returned shape {tuple(x_adv.shape)} for input {tuple(x.shape)}")
+    x_adv = x_adv.detach().to(x.dtype)
+    finite = torch.isfinite(x_adv).flatten(1).all(1)
+    reasons["non-finite"] += int((~finite).sum())
+    safe = torch.where(torch.isfinite(x_adv), x_adv, x)
+    in_box = ((safe >= -BOX_TOLERANCE) & (safe <= 1 + BOX_TOLERANCE)).flatten(1).all(1)
+    reasons["outside-[0,1]"] += int((finite & ~in_box).sum())
+    norms = perturbation_norm(safe - x, threat)
+    valid = finite & in_box
+    if eps is not None and threat in ("linf", "l2", "l1", "l0"):
+        in_ball = norms <= eps + EPS_TOLERANCE * max(1.0, eps)
+        reasons["outside-eps-ball"] += int((valid & ~in_ball).sum())
+        valid &= in_ball
+    pred = predict(model, safe, batch_size=batch_size)
+    success = pred == target if target is not None else pred != y
+    reasons = Counter({k: v for k, v in reasons.items() if v})
+    return Verification(valid=valid, fooled=valid & success, norms=norms, reasons=reasons)
+
+
+def make_targets(
+    mode: Any, y: torch.Tensor, logits: torch.Tensor, *, num_classes: int, seed: int
+) -> torch.Tensor:
+    """Target classes for a targeted attack: an index, ``random`` or ``least-likely``."""
+    if isinstance(mode, int) and not isinstance(mode, bool):
+        if not 0 <= mode < num_classes:
+            raise ValueError(f"target class {mode} is outside 0..{num_classes - 1}")
+        return torch.full_like(y, mode)
+    if mode == "least-likely":
+        return logits.argmin(1)
+    if mode == "random":
+        gen = torch.Generator().manual_seed(seed)
+        offset = torch.randint(1, num_classes, (len(y),), generator=gen).to(y.device)
+        return (y + offset) % num_classes
+    raise ValueError(f"target must be a class index, 'random' or 'least-likely', got {mode!r}")
+
+
+@dataclass
+class EpsOutcome:
+    """The result of one attack at one eps on the whole evaluation set."""
+
+    eps: float
+    robust: torch.Tensor  # bool (n,): correct and not fooled at this eps
+    n_invalid: int
+    grad_evals: int
+    queries: int
+    seconds: float
+    reasons: Counter
+    adversarial: dict[int, torch.Tensor] = field(default_factory=dict)  # index -> x_adv
+
+
+def run_attack_cascade(
+    attack: Any,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clean_correct: torch.Tensor,
+    *,
+    threat: str,
+    kind: str,
+    eps_list: list[float],
+    target: torch.Tensor | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    keep_examples: int = 0,
+    on_batch: Callable[[], None] | None = None,
+) -> list[EpsOutcome]:
+    """Attack the correctly classified samples over ``eps_list`` (ascending)."""
+    counting = CountingModel(model)
+    eps_list = sorted(eps_list)
+    outcomes: list[EpsOutcome] = []
+    robust = clean_correct.clone()
+    if kind == "minimal":
+        counting.reset()
+        start = time.perf_counter()
+        idx = robust.nonzero().flatten()
+        norms = torch.full((len(y),), float("inf"), device=x.device)
+        fooled_any = torch.zeros_like(robust)
+        invalid = 0
+        reasons: Counter = Counter()
+        examples: dict[int, torch.Tensor] = {}
+        torch.manual_seed(seed)
+        for chunk in idx.split(batch_size):
+            tgt = target[chunk] if target is not None else None
+            x_adv = attack.perturb(counting, x[chunk], y[chunk], None, target=tgt)
+            check = verify_adversarial(model, x[chunk], x_adv, y[chunk], threat=threat,
+                                       eps=None, target=tgt, batch_size=batch_size)
+            invalid += int((~check.valid).sum())
+            reasons.update(check.reasons)
+            fooled_any[chunk] = check.fooled
+            norms[chunk] = torch.where(check.fooled, check.norms, norms[chunk])
+            for j in chunk[check.fooled].tolist()[: max(0, keep_examples - len(examples))]:
+                examples[j] = x_adv[(chunk == j).nonzero().item()].detach().cpu()
+            if on_batch:
+                on_batch()
+        seconds = time.perf_counter() - start
+        for i, eps in enumerate(eps_list):
+            fooled = fooled_any & (norms <= eps + EPS_TOLERANCE * max(1.0, eps))
+            outcomes.append(EpsOutcome(
+                eps=eps, robust=clean_correct & ~fooled, n_invalid=invalid if i == 0 else 0,
+                grad_evals=counting.grad_evals if i == 0 else 0,
+                queries=counting.queries if i == 0 else 0,
+                seconds=seconds if i == 0 else 0.0, reasons=reasons if i == 0 else Counter(),
+                adversarial={j: a for j, a in examples.items() if norms[j] <= eps} if i == len(
+                    eps_list) - 1 else {},
+            ))
+        return outcomes
+
+    for k, eps in enumerate(eps_list):
+        counting.reset()
+        start = time.perf_counter()
+        invalid = 0
+        reasons = Counter()
+        examples = {}
+        idx = robust.nonzero().flatten()
+        torch.manual_seed(seed * 1000 + k)
+        for chunk in idx.split(batch_size):
+            tgt = target[chunk] if target is not None else None
+            x_adv = attack.perturb(counting, x[chunk], y[chunk], eps, target=tgt)
+            check = verify_adversarial(model, x[chunk], x_adv, y[chunk], threat=threat,
+                                       eps=eps, target=tgt, batch_size=batch_size)
+            invalid += int((~check.valid).sum())
+            reasons.update(check.reasons)
+            robust[chunk[check.fooled]] = False
+            for j in chunk[check.fooled].tolist()[: max(0, keep_examples - len(examples))]:
+                examples[j] = x_adv[(chunk == j).nonzero().item()].detach().cpu()
+            if on_batch:
+                on_batch()
+        outcomes.append(EpsOutcome(
+            eps=eps, robust=robust.clone(), n_invalid=invalid, grad_evals=counting.grad_evals,
+            queries=counting.queries, seconds=time.perf_counter() - start, reasons=reasons,
+            adversarial=examples,
+        ))
+    return outcomes
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def model_diagnostics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                      num_classes: int, batch_size: int = 256) -> dict[str, Any]:
+    """Checks from AutoAttack and the Athalye/Carlini checklist that need the model itself."""
+    sample = x[: min(len(x), batch_size)]
+    labels = y[: len(sample)]
+    with torch.no_grad():
+        first = model(sample)
+        second = model(sample)
+    diag: dict[str, Any] = {}
+    diag["nondeterministic"] = bool(not torch.allclose(first, second, atol=1e-5, rtol=1e-4))
+    probs_like = bool(((first >= 0) & (first <= 1)).all()
+                      and torch.allclose(first.sum(1), torch.ones(len(first)), atol=1e-3))
+    diag["outputs-look-like-probabilities"] = probs_like
+    xg = sample.clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(xg), labels, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xg)
+    zero = (grad.flatten(1).abs().amax(1) == 0)
+    diag["zero-gradient-fraction"] = float(zero.float().mean())
+    return diag
+
+
+@torch.enable_grad()
+def class_images(model: nn.Module, *, num_classes: int, shape: tuple[int, int, int],
+                 steps: int = 60, lr: float = 0.05, seed: int = 0,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """Images optimised from random noise to maximise each class's logit.
+
+    What a model "sees" as a class; gradient ascent on the logit with a small L2 penalty, in
+    a sigmoid parametrisation that keeps pixels in [0, 1].
+    """
+    gen = torch.Generator().manual_seed(seed)
+    z = (torch.randn((num_classes, *shape), generator=gen) * 0.5).to(device).requires_grad_(True)
+    optimizer = torch.optim.Adam([z], lr=lr)
+    classes = torch.arange(num_classes, device=device)
+    for _ in range(steps):
+        images = torch.sigmoid(z)
+        logits = model(images)
+        loss = -logits.gather(1, classes[:, None]).sum() + 1e-3 * (z ** 2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return torch.sigmoid(z).detach().cpu()

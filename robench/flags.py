@@ -1,0 +1,90 @@
+"""Sanity flags on result rows: signs that a number should not be trusted as it stands.
+
+From AutoAttack's checks and the Athalye/Carlini/Tramer checklists.  A flag never changes a
+number; it tells the reader where to look.  Codes (docs/protocol.md explains each):
+
+``robust-above-clean``           robust accuracy higher than clean accuracy
+``rises-with-eps``               robust accuracy higher at a larger eps of the same attack
+``outputs-look-like-probabilities``  the model's outputs are in [0, 1] and sum to 1 (softmax
+                                 inside the model weakens cross-entropy gradients)
+``nondeterministic``             two identical forward passes gave different outputs
+``zero-gradients``               some clean samples have an all-zero input gradient
+``near-chance``                  clean accuracy close to 1 / num_classes: a random model
+``black-box-stronger``           a black-box attack fooled more samples than every white-box
+                                 attack of the threat model (gradient masking)
+``weaker-than-noise``            a gradient attack left more samples robust than random noise
+``unbounded-eps-robust``         accuracy above 1% at an Linf eps that allows any image
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+#: robust accuracy margin (fraction) for comparisons between attacks
+MARGIN = 0.002
+
+
+def _append(frame: pd.DataFrame, mask: pd.Series, flag: str) -> None:
+    if not mask.any():
+        return
+    current = frame.loc[mask, "flags"].astype(str)
+    frame.loc[mask, "flags"] = [f"{c};{flag}" if c else flag for c in current]
+
+
+def add_flags(
+    frame: pd.DataFrame, diagnostics: dict[tuple[str, str], dict[str, Any]]
+) -> pd.DataFrame:
+    """Return ``frame`` with its ``flags`` column filled."""
+    frame = frame.copy()
+    frame["flags"] = ""
+    if frame.empty:
+        return frame
+    ok = frame["status"].isin(["ok", "invalid"]) & frame["robust_acc"].notna()
+    _append(frame, ok & (frame["robust_acc"] > frame["clean_acc"] + 1e-9), "robust-above-clean")
+
+    group_cols = ["model", "domain", "attack", "threat"]
+    for _, group in frame[ok].groupby(group_cols):
+        ordered = group.sort_values("eps")
+        rising = ordered["robust_acc"].diff() > 1e-9
+        _append(frame, frame.index.isin(ordered.index[rising]), "rises-with-eps")
+
+    for (model, domain), diag in diagnostics.items():
+        rows = (frame["model"] == model) & (frame["domain"] == domain)
+        if diag.get("outputs-look-like-probabilities"):
+            _append(frame, rows, "outputs-look-like-probabilities")
+        if diag.get("nondeterministic"):
+            _append(frame, rows, "nondeterministic")
+        if diag.get("zero-gradient-fraction", 0) > 0:
+            _append(frame, rows, "zero-gradients")
+
+    if "black_box" in frame:
+        black_box = frame["black_box"].fillna(False).astype(bool)
+    else:
+        black_box = pd.Series(False, index=frame.index)
+    attack_rows = ok & (frame["attack_kind"] != "worst-case")
+    for _, group in frame[attack_rows].groupby(["model", "domain", "threat", "eps"]):
+        bb = group[black_box[group.index]]
+        wb = group[~black_box[group.index] & (group["attack"] != "noise")]
+        if not bb.empty and not wb.empty:
+            best_wb = wb["robust_acc"].min()
+            stronger = bb.index[bb["robust_acc"] < best_wb - MARGIN]
+            _append(frame, frame.index.isin(stronger), "black-box-stronger")
+        noise = group[group["attack"] == "noise"]
+        if not noise.empty and not wb.empty:
+            weaker = wb.index[wb["robust_acc"] > noise["robust_acc"].min() + MARGIN]
+            _append(frame, frame.index.isin(weaker), "weaker-than-noise")
+
+    unbounded = ok & (frame["threat"] == "linf") & (frame["eps"] >= 1.0) & (
+        frame["robust_acc"] > 0.01)
+    _append(frame, unbounded, "unbounded-eps-robust")
+
+    num_classes = {k: d.get("num_classes") for k, d in diagnostics.items()}
+    for (model, domain), classes in num_classes.items():
+        if not classes:
+            continue
+        rows = (frame["model"] == model) & (frame["domain"] == domain) & (
+            frame["clean_acc"] <= 1.5 / classes)
+        _append(frame, rows, "near-chance")
+    return frame

@@ -1,0 +1,148 @@
+"""Seeded supervised training with an optional domain-adaptation objective.
+
+One loop serves transfer learning (a head on a pretrained or fresh backbone, the backbone
+fine-tuned, frozen or partly trained as the head says) and domain adaptation (labelled source
+batches plus unlabelled target batches, the adaptor adding its loss on their features).
+Progress for adaptor schedules is counted per optimiser step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from robench.models import RobenchModel
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+@dataclass
+class TrainReport:
+    seconds: float
+    steps: int
+    final_loss: float
+    train_acc: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _param_groups(model: RobenchModel, adaptor: nn.Module | None, lr: float) -> list[dict]:
+    head = model.head
+    scale = float(getattr(head, "backbone_lr_scale", 1.0))
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    groups = []
+    if backbone_params and scale > 0:
+        groups.append({"params": backbone_params, "lr": lr * scale, "base_lr": lr * scale})
+    groups.append({"params": [p for p in head.parameters() if p.requires_grad], "lr": lr,
+                   "base_lr": lr})
+    if adaptor is not None:
+        extra = [p for p in adaptor.parameters() if p.requires_grad]
+        if extra:
+            groups.append({"params": extra, "lr": lr, "base_lr": lr})
+    return [g for g in groups if g["params"]]
+
+
+def train_model(
+    model: RobenchModel,
+    source: tuple[torch.Tensor, torch.Tensor],
+    *,
+    settings: TrainSettings,
+    adaptor: nn.Module | None = None,
+    target_images: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    on_step: ProgressCallback | None = None,
+) -> TrainReport:
+    """Train ``model`` in place on ``source`` (images in [0, 1], labels).
+
+    With an adaptor whose ``uses_target`` is true, every step also draws an unlabelled batch
+    of ``target_images`` and adds ``adaptor.loss(source_feats, target_feats, progress)``.
+    The adaptor may define ``lr_factor(progress)`` (e.g. DANN's annealing) applied to every
+    group's base learning rate.
+    """
+    device = torch.device(device)
+    x, y = source[0].to(device), source[1].to(device)
+    uses_target = adaptor is not None and bool(getattr(adaptor, "uses_target", False))
+    if uses_target and (target_images is None or len(target_images) == 0):
+        raise ValueError("this adaptor needs target images, and none were given")
+    xt = target_images.to(device) if uses_target else None
+
+    prepare = getattr(model.head, "prepare_backbone", None)
+    if callable(prepare):
+        prepare(model.backbone)
+    model.to(device)
+    if adaptor is not None:
+        adaptor.to(device)
+    groups = _param_groups(model, adaptor, settings.lr)
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    lr_factor = getattr(adaptor, "lr_factor", None) if adaptor is not None else None
+
+    generator = torch.Generator().manual_seed(settings.seed)
+    n = len(y)
+    batch = min(settings.batch_size, n)
+    steps_per_epoch = max(1, n // batch)
+    total = settings.epochs * steps_per_epoch
+    step = 0
+    start = time.perf_counter()
+    frozen_backbone = not any(p.requires_grad for p in model.backbone.parameters())
+    loss_value, correct, seen = math.nan, 0, 0
+    for _epoch in range(settings.epochs):
+        model.train()
+        if frozen_backbone:
+            model.backbone.eval()  # a frozen probe keeps its BatchNorm statistics too
+        if adaptor is not None:
+            adaptor.train()
+        order = torch.randperm(n, generator=generator).to(device)
+        correct, seen = 0, 0
+        for i in range(steps_per_epoch):
+            progress = step / max(1, total)
+            if callable(lr_factor):
+                factor = float(lr_factor(progress))
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * factor
+            idx = order[i * batch:(i + 1) * batch]
+            xs, ys = x[idx], y[idx]
+            if uses_target:
+                tidx = torch.randint(len(xt), (len(idx),), generator=generator).to(device)
+                feats = model.features(torch.cat([xs, xt[tidx]]))
+                fs, ft = feats[: len(idx)], feats[len(idx):]
+            else:
+                fs, ft = model.features(xs), None
+            logits = model.head(fs)
+            loss = F.cross_entropy(logits, ys)
+            if adaptor is not None and uses_target:
+                loss = loss + adaptor.loss(fs, ft, progress)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_value = float(loss.detach())
+            correct += int((logits.argmax(1) == ys).sum())
+            seen += len(idx)
+            if on_step is not None:
+                on_step(step, total)
+    model.eval()
+    metrics: dict[str, Any] = {}
+    if adaptor is not None and callable(getattr(adaptor, "metrics", None)):
+        metrics = {k: float(v) for k, v in adaptor.metrics().items()}
+    return TrainReport(
+        seconds=time.perf_counter() - start,
+        steps=step,
+        final_loss=loss_value,
+        train_acc=correct / seen if seen else math.nan,
+        metrics=metrics,
+    )

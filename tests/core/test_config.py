@@ -1,0 +1,64 @@
+"""Config and eps parsing: every bad value is a UsageError that names it."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from robench.config import build_config, load_config, parse_eps_flag, parse_eps_value
+from robench.errors import UsageError
+
+
+def test_eps_fractions_and_numbers():
+    assert parse_eps_value("linf", "8/255") == Fraction(8, 255)
+    assert parse_eps_flag("l2:0.25, 0.5") == ("l2", ["0.25", "0.5"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("linf:-1/255", ">= 0"),
+    ("linf:abc", "number or a fraction"),
+    ("linf:2", "above 1"),
+    ("lnf:0.1", "did you mean 'linf'"),
+    ("linf", "THREAT:E1"),
+    ("corruption:7", "1 to 5"),
+])
+def test_bad_eps(text, message):
+    with pytest.raises(UsageError, match=message):
+        parse_eps_flag(text)
+
+
+def test_toml_file_and_overrides(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text('name = "t"\nattacks = ["pgd"]\nlimit = 50\n[eps]\nlinf = ["4/255"]\n'
+                    '[attack.pgd]\nsteps = 5\n')
+    cfg = load_config(path, limit="20")
+    assert cfg.name == "t" and cfg.limit == 20 and cfg.attacks == ["pgd"]
+    assert cfg.eps_values("linf") == [4 / 255]
+    assert cfg.plugin_params("attack", "pgd") == {"steps": 5}
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"atacks": ["pgd"]}, "did you mean 'attacks'"),
+    ({"limit": -3}, "limit"),
+    ({"epochs": "many"}, "epochs"),
+    ({"seed": 1.5}, "seed"),
+    ({"attacks": []}, "empty"),
+    ({"attacks": ["pgd", "pgd"]}, "twice"),
+    ({"device": "tpu"}, "auto, cpu, cuda"),
+    ({"eps": {"linf": ["x"]}}, "Bad eps"),
+    ({"attack": {"pgd": 3}}, r"\[attack.NAME\]"),
+    ({"name": "../up"}, "path separators"),
+])
+def test_bad_config(data, message):
+    with pytest.raises(UsageError, match=message):
+        build_config(data)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [unclosed\n")
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load_config(bad)

@@ -1,0 +1,124 @@
+"""The plugin host: discovery, merging, duplicates, unknown names, namespaces, blocking."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+import robench
+from robench import hookspecs
+from robench.host import KINDS, PluginHost, plugin_table
+
+
+def _plugin(name: str, **hooks) -> types.ModuleType:
+    module = types.ModuleType(name)
+    for hook_name, fn in hooks.items():
+        setattr(module, hook_name, robench.hookimpl(fn))
+    return module
+
+
+class Flip:
+    def perturb(self, model, x, y, eps, target=None):
+        return (1 - x).clamp(0, 1)
+
+
+def test_every_hook_kind_has_a_spec_class_and_docs():
+    hooks = [n for n in dir(hookspecs) if n.startswith("robench_register_")]
+    assert sorted(hooks) == sorted(hookspecs.HOOK_KINDS.values())
+    for name in hooks:
+        assert (getattr(hookspecs, name).__doc__ or "").strip(), f"{name} has no docstring"
+
+
+def test_entry_points_register_every_builtin():
+    host = PluginHost.create()
+    for kind, expected in [
+        ("dataset", {"digits", "digits-m", "imagefolder", "cifar10", "mnist"}),
+        ("backbone", {"timm:*", "digits-cnn"}),
+        ("head", {"linear", "linear-probe", "partial", "mlp"}),
+        ("adaptor", {"none", "dann", "coral"}),
+        ("attack", {"fgsm", "pgd", "noise", "foolbox:*"}),
+        ("executor", {"local"}),
+        ("reporter", {"csv", "md", "html", "json"}),
+    ]:
+        assert expected <= set(host.names(kind)), kind
+    rows = plugin_table(host)
+    assert {r["kind"] for r in rows} == set(KINDS)
+    pgd = next(r for r in rows if r["name"] == "pgd")
+    assert pgd["plugin"] == "attacks" and pgd["distribution"].startswith("robench ")
+
+
+def test_duplicate_names_name_both_plugins():
+    spec = robench.AttackSpec(name="flip", factory=Flip, threat="linf")
+    a = _plugin("plugin_a", robench_register_attacks=lambda: [spec])
+    b = _plugin("plugin_b", robench_register_attacks=lambda: [spec])
+    host = PluginHost.create(entry_points=False, plugins=[a, b])
+    with pytest.raises(robench.PluginError) as info:
+        host.specs("attack")
+    assert "plugin_a" in str(info.value) and "plugin_b" in str(info.value)
+
+
+def test_unknown_name_suggests_closest():
+    host = PluginHost.create()
+    with pytest.raises(robench.UnknownNameError) as info:
+        host.resolve("attack", "pdg")
+    assert "pgd" in info.value.close_matches
+    assert "robench plugins --kind attack" in str(info.value)
+
+
+def test_namespace_resolves_with_name_param():
+    seen = {}
+
+    def factory(*, name, image_size, in_chans):
+        seen.update(name=name, image_size=image_size)
+        module = torch.nn.Flatten()
+        module.num_features = in_chans * image_size * image_size
+        return module
+
+    plugin = _plugin("ns", robench_register_backbones=lambda: [
+        robench.BackboneSpec(name="mine:*", factory=factory)])
+    host = PluginHost.create(entry_points=False, plugins=[plugin])
+    spec, implied = host.resolve("backbone", "mine:wide")
+    assert spec.name == "mine:*" and implied == {"name": "wide"}
+    host.build("backbone", "mine:wide", image_size=8, in_chans=3)
+    assert seen == {"name": "wide", "image_size": 8}
+    with pytest.raises(robench.UnknownNameError):
+        host.resolve("backbone", "other:wide")
+
+
+def test_blocking_by_name_and_environment(monkeypatch):
+    assert "pgd" not in PluginHost.create(blocked=["attacks"]).names("attack")
+    monkeypatch.setenv("ROBENCH_DISABLE_PLUGINS", "attacks,foolbox")
+    names = PluginHost.create().names("attack")
+    assert "pgd" not in names and "foolbox:*" not in names
+    monkeypatch.delenv("ROBENCH_DISABLE_PLUGINS")
+    monkeypatch.setenv("ROBENCH_PLUGINS", "datasets")
+    host = PluginHost.create()
+    assert host.names("attack") == [] and "digits" in host.names("dataset")
+
+
+def test_bad_params_are_refused_with_accepted_list():
+    host = PluginHost.create()
+    with pytest.raises(robench.UsageError) as info:
+        host.build("head", "mlp", num_features=4, num_classes=2, hiden=3)
+    assert "'hiden'" in str(info.value) and "hidden" in str(info.value)
+
+
+def test_wrong_spec_type_is_a_plugin_error():
+    plugin = _plugin("bad", robench_register_attacks=lambda: [
+        robench.HeadSpec(name="x", factory=Flip)])
+    with pytest.raises(robench.PluginError, match="expected robench.AttackSpec"):
+        PluginHost.create(entry_points=False, plugins=[plugin]).specs("attack")
+
+
+def test_misspelt_hook_is_caught():
+    plugin = _plugin("typo", robench_register_atacks=lambda: [])
+    with pytest.raises(Exception, match="robench_register_atacks"):
+        PluginHost.create(entry_points=False, plugins=[plugin])
+
+
+def test_wildcard_selection():
+    host = PluginHost.create()
+    assert "pgd" in host.select("attack", "pgd*")
+    assert all(n.startswith("pgd") for n in host.select("attack", "pgd*"))
