@@ -275,7 +275,7 @@ def model_diagnostics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 
 @torch.enable_grad()
 def class_images(model: nn.Module, *, num_classes: int, shape: tuple[int, int, int],
-                 steps: int = 60, lr: float = 0.05, seed: int = 0,
+                 steps: int = 30, lr: float = 0.1, seed: int = 0,
                  device: torch.device | str = "cpu") -> torch.Tensor:
     """Images optimised from random noise to maximise each class's logit.
 

@@ -253,7 +253,7 @@ def _load_trained(run_dir: Path, meta: dict[str, Any], device: str) -> torch.nn.
 
 
 def clean_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset: str,
-              device: str) -> dict[str, Any]:
+              device: str, with_class_images: bool = True) -> dict[str, Any]:
     """Clean accuracy, model diagnostics and class-maximisation images for one domain."""
     cfg = GridConfig(**config)
     model, meta = _trained_model(run_dir, model_key, device)
@@ -267,10 +267,10 @@ def clean_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset: 
     diag = model_diagnostics(model, x, y, num_classes=bundle.num_classes,
                              batch_size=cfg.eval_batch_size)
     pictures = class_images(model, num_classes=bundle.num_classes, shape=tuple(x.shape[1:]),
-                            seed=cfg.seed, device=device)
+                            seed=cfg.seed, device=device) if with_class_images else None
     return {
         "n": len(y), "clean_acc": float(correct.float().mean()), "correct": _pack(correct),
-        "seconds": seconds, "diagnostics": diag, "class_images": _to_uint8(pictures),
+        "seconds": seconds, "diagnostics": diag, "class_images": _to_uint8(pictures) if pictures is not None else [],
         "num_classes": bundle.num_classes,
     }
 
@@ -517,7 +517,8 @@ class Grid:
                           "dataset": dataset, "device": self.device}
                 eval_jobs.append(jobs_mod.Job(
                     key=self._clean_key(key, domain, dataset), kind="clean",
-                    label=f"clean {plan.name} [{domain}]", fn=clean_job, kwargs=common,
+                    label=f"clean {plan.name} [{domain}]", fn=clean_job,
+                    kwargs={**common, "with_class_images": domain == "source"},
                     resources=resources))
                 for attack in cfg.attacks:
                     eval_jobs.append(jobs_mod.Job(
@@ -678,6 +679,7 @@ class Grid:
                         break
                 if clean is None or "correct" not in clean:
                     continue
+                source_clean = self.store.get(self._clean_key(key, "source", cfg.dataset))
                 bundle = self.bundles[dataset]
                 x, y = _eval_subset(bundle, cfg.limit)
                 model, _ = _trained_model(str(self.run_dir), key, "cpu")
@@ -685,9 +687,11 @@ class Grid:
                     "model": plan.name, "domain": domain, "dataset": dataset,
                     "class_names": np.array([str(c) for c in bundle.class_names] or
                                             [str(i) for i in range(bundle.num_classes)]),
-                    "class_images": np.array(clean["class_images"], dtype=np.uint8)
-                    .transpose(0, 2, 3, 1),
                 }
+                pictures = (source_clean or {}).get("class_images")
+                if pictures:
+                    arrays["class_images"] = np.array(pictures, dtype=np.uint8).transpose(
+                        0, 2, 3, 1)
                 if chosen is not None:
                     attack, payload = chosen
                     index = [int(i) for i in payload["examples"]]

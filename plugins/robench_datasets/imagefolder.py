@@ -1,0 +1,224 @@
+"""``imagefolder``: the user's own images, in the folder layouts people already have.
+
+``root/class/image`` is torchvision's ``ImageFolder`` layout; ``root/domain/class/image`` is
+how Office-31, PACS, OfficeHome and DomainNet ship, so ``domain=`` picks one domain and two
+``imagefolder`` datasets with different domains make a transfer or adaptation pair.  A folder
+that already has ``train/`` and ``test/`` (or ``val/``) keeps its split, because published
+numbers use it; otherwise a seeded stratified split is made.
+
+Images are decoded with Pillow, centre-cropped to a square and resized (bilinear, with
+Pillow's antialiasing), then held in memory: robench's datasets are small enough that a
+resident tensor is faster than decoding per epoch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+import robench
+
+from .common import (
+    check_channels,
+    check_fraction,
+    check_image_size,
+    check_int,
+    check_path,
+    stratified_split,
+)
+
+NAME = "imagefolder"
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+TEST_FOLDERS = ("test", "val")
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """Visible subfolders, sorted so class indices are the same on every machine."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted.
+
+    Not recursive, unlike torchvision's ImageFolder: walking down would silently read a
+    ``root/domain/class/image`` tree as one class per domain.
+    """
+    return sorted(
+        p for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def _class_tree(folder: Path) -> dict[str, list[Path]]:
+    """``{class name: image files}`` for a ``folder/class/image`` tree; empty classes dropped."""
+    classes = {sub.name: _images_in(sub) for sub in _subfolders(folder)}
+    return {name: files for name, files in classes.items() if files}
+
+
+def _unwrap(folder: Path) -> Path:
+    """Step through lone wrapper folders such as Office-31's ``amazon/images/``.
+
+    A folder with no images of its own and a single subfolder that has none either cannot
+    be the class level (one class is not a classification task), so the classes are below.
+    """
+    while not _images_in(folder):
+        subfolders = _subfolders(folder)
+        if len(subfolders) != 1 or _images_in(subfolders[0]):
+            break
+        folder = subfolders[0]
+    return folder
+
+
+def _too_few_classes(folder: Path, *, found: int, domain: str | None) -> robench.UsageError:
+    """Say why nothing was found, and spot the commonest cause: a domain layout without
+    ``domain=``."""
+    subfolders = [p.name for p in _subfolders(folder)]
+    nested = bool(subfolders) and all(_subfolders(folder / sub) for sub in subfolders)
+    hint = ""
+    if nested and domain is None:
+        hint = (f" It looks like a root/domain/class/image tree: pass domain= one of "
+                f"{', '.join(subfolders)}.")
+    elif nested:
+        hint = " Its subfolders hold folders, not images: point at the level above the images."
+    return robench.UsageError(
+        f"Dataset {NAME!r}: found {found} class folder(s) with images under {str(folder)!r}; "
+        f"at least two classes are needed. Expected root/class/image files (suffixes "
+        f"{', '.join(sorted(IMAGE_SUFFIXES))}), or root/domain/class/image with domain=, "
+        f"optionally with train/ and test/ (or val/) subfolders.{hint}"
+    )
+
+
+def _load(files: list[Path], *, image_size: int, channels: int) -> torch.Tensor:
+    """Decode, centre-crop to square, resize; ``(N, C, S, S)`` float32 in [0, 1]."""
+    mode = "RGB" if channels == 3 else "L"
+    out = np.empty((len(files), image_size, image_size, channels), dtype=np.uint8)
+    for i, file in enumerate(files):
+        try:
+            with Image.open(file) as image:
+                image = ImageOps.fit(image.convert(mode), (image_size, image_size),
+                                     method=Image.Resampling.BILINEAR)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise robench.UsageError(
+                f"Dataset {NAME!r}: cannot read image {str(file)!r} ({exc}). Remove or "
+                f"replace it; every file with an image suffix under the root is loaded."
+            ) from exc
+        out[i] = np.asarray(image).reshape(image_size, image_size, channels)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _split(files: dict[str, list[Path]], classes: list[str], *, image_size: int,
+           channels: int) -> robench.TensorSplit:
+    paths = [p for name in classes for p in files.get(name, [])]
+    labels = [index for index, name in enumerate(classes) for _ in files.get(name, [])]
+    return robench.TensorSplit(_load(paths, image_size=image_size, channels=channels),
+                               torch.tensor(labels, dtype=torch.long))
+
+
+def _rows(split: robench.TensorSplit, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.from_numpy(index)
+    return split.images[rows], split.labels[rows]
+
+
+def imagefolder(
+    *,
+    path: str | None = None,
+    domain: str | None = None,
+    image_size: int = 32,
+    channels: int = 3,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+) -> robench.DatasetBundle:
+    """Images from ``path/[domain/]class/image``; the folder's own train/test split if it has
+    one, else a stratified ``test_fraction`` split seeded by ``split_seed``."""
+    root = check_path(path, dataset=NAME, name="path")
+    image_size = check_image_size(image_size, dataset=NAME)
+    channels = check_channels(channels, dataset=NAME)
+    test_fraction = check_fraction(test_fraction, dataset=NAME)
+    split_seed = check_int(split_seed, dataset=NAME, name="split_seed")
+
+    if domain is not None:
+        domains = [p.name for p in _subfolders(root)]
+        if not isinstance(domain, str) or domain not in domains:
+            raise robench.UsageError(
+                f"Dataset {NAME!r}: unknown domain {domain!r} under {str(root)!r}. Available "
+                f"domains (its subfolders): {', '.join(domains) or '(none)'}."
+            )
+        root = root / domain
+
+    root = _unwrap(root)
+    train_folder = root / "train"
+    test_folder = next((root / t for t in TEST_FOLDERS if (root / t).is_dir()), None)
+    if train_folder.is_dir() and test_folder is not None:
+        train_files, test_files = _class_tree(train_folder), _class_tree(test_folder)
+        if len(train_files) < 2:
+            raise _too_few_classes(train_folder, found=len(train_files), domain=domain)
+        classes = sorted(train_files)
+        extra = sorted(set(test_files) - set(train_files))
+        if extra:
+            raise robench.UsageError(
+                f"Dataset {NAME!r}: {str(test_folder)!r} has classes that "
+                f"{str(train_folder)!r} lacks: {', '.join(extra)}. Both splits must use the "
+                f"same class folders."
+            )
+        if not test_files:
+            raise robench.UsageError(
+                f"Dataset {NAME!r}: {str(test_folder)!r} holds no class folders with images. "
+                f"Fill it, or remove train/ and {test_folder.name}/ to get a stratified split."
+            )
+        train = _split(train_files, classes, image_size=image_size, channels=channels)
+        test = _split(test_files, classes, image_size=image_size, channels=channels)
+        split_info: dict[str, object] = {"split": f"folders train/ and {test_folder.name}/"}
+    else:
+        files = _class_tree(root)
+        if len(files) < 2:
+            raise _too_few_classes(root, found=len(files), domain=domain)
+        classes = sorted(files)
+        every = _split(files, classes, image_size=image_size, channels=channels)
+        train_idx, test_idx = stratified_split(every.labels.numpy(),
+                                               test_fraction=test_fraction, seed=split_seed)
+        if len(test_idx) == 0:
+            raise robench.UsageError(
+                f"Dataset {NAME!r}: {str(root)!r} has too few images to hold any out for "
+                f"testing (each class needs at least 2). Add images, or provide train/ and "
+                f"test/ subfolders."
+            )
+        train = robench.TensorSplit(*_rows(every, train_idx))
+        test = robench.TensorSplit(*_rows(every, test_idx))
+        split_info = {"split": "stratified", "test_fraction": test_fraction,
+                      "split_seed": split_seed}
+
+    return robench.DatasetBundle(
+        name=NAME,
+        num_classes=len(classes),
+        image_size=image_size,
+        in_chans=channels,
+        train=train,
+        test=test,
+        class_names=tuple(classes),
+        domain=domain or root.name,
+        info={"path": str(root), **split_info},
+    )
+
+
+def imagefolder_domain(
+    *,
+    name: str,
+    path: str | None = None,
+    image_size: int = 32,
+    channels: int = 3,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+) -> robench.DatasetBundle:
+    """``imagefolder:DOMAIN`` is ``imagefolder`` with ``domain=DOMAIN``.
+
+    A grid names its source and target datasets, and they must differ, so two domains of
+    one tree need two names: ``--dataset imagefolder:photo --target imagefolder:sketch``
+    (the host passes the part after the colon as ``name``).
+    """
+    return imagefolder(path=path, domain=name, image_size=image_size, channels=channels,
+                       test_fraction=test_fraction, split_seed=split_seed)

@@ -1,0 +1,69 @@
+"""robench's built-in datasets, registered through the ``robench`` entry-point group exactly
+as a third-party plugin would be.
+
+``digits`` and ``digits-m`` are a real source/target pair that ships with scikit-learn and
+scikit-image, so the default grid and the tests never need the network; ``imagefolder``
+reads the user's own images (including Office-31/PACS-style domain trees); ``cifar10``,
+``cifar100``, ``mnist`` and ``svhn`` wrap torchvision's classes for the standard benchmarks.
+Every factory returns a :class:`robench.DatasetBundle` of resident
+:class:`robench.TensorSplit` s: float32 ``(N, C, H, W)`` images in [0, 1], int64 labels.
+
+Heavy imports (scikit-learn, scikit-image, torchvision's datasets) happen inside the
+factories, so ``robench plugins`` and every CLI start stay fast.
+"""
+
+from __future__ import annotations
+
+import robench
+
+from .digits import digits, digits_m
+from .imagefolder import imagefolder, imagefolder_domain
+from .torchvision_sets import cifar10, cifar100, mnist, svhn
+
+__all__ = ["robench_register_datasets"]
+
+
+@robench.hookimpl
+def robench_register_datasets() -> list[robench.DatasetSpec]:
+    """The built-in datasets; names are what users type after ``--dataset``/``--target``."""
+    return [
+        robench.DatasetSpec(
+            name="digits", factory=digits,
+            description="scikit-learn's 1,797 real 8x8 handwritten digits, upscaled to 32x32; "
+                        "offline, seconds to train on",
+        ),
+        robench.DatasetSpec(
+            name="digits-m", factory=digits_m,
+            description="digits blended with colour photo crops (MNIST-M recipe): the same "
+                        "labels and split as digits in a shifted domain, offline",
+        ),
+        robench.DatasetSpec(
+            name="imagefolder", factory=imagefolder,
+            description="your images from path/[domain/]class/image (Office-31, PACS "
+                        "layouts); keeps train/ and test/ folders, else a stratified split",
+        ),
+        robench.DatasetSpec(
+            name="imagefolder:*", factory=imagefolder_domain,
+            description="one domain of a path/domain/class/image tree: imagefolder:DOMAIN, "
+                        "so source and target domains have names of their own",
+        ),
+        robench.DatasetSpec(
+            name="cifar10", factory=cifar10,
+            description="CIFAR-10 via torchvision from root= (download=true to fetch)",
+        ),
+        robench.DatasetSpec(
+            name="cifar100", factory=cifar100,
+            description="CIFAR-100 (fine labels) via torchvision from root= (download=true "
+                        "to fetch)",
+        ),
+        robench.DatasetSpec(
+            name="mnist", factory=mnist,
+            description="MNIST via torchvision from root=, resized to 32x32 RGB (download=true "
+                        "to fetch)",
+        ),
+        robench.DatasetSpec(
+            name="svhn", factory=svhn,
+            description="SVHN cropped digits via torchvision from root= (download=true to "
+                        "fetch; needs scipy)",
+        ),
+    ]
