@@ -20,6 +20,9 @@ from robench.specs import (
 
 __version__ = "0.1.0"
 
+from robench.config import GridConfig, load_config  # noqa: E402
+from robench.grid import load_model, run_grid  # noqa: E402
+
 __all__ = [
     "THREATS",
     "AdaptorSpec",
@@ -28,6 +31,7 @@ __all__ = [
     "DatasetBundle",
     "DatasetSpec",
     "ExecutorSpec",
+    "GridConfig",
     "HeadSpec",
     "PluginError",
     "PluginHost",
@@ -41,4 +45,7 @@ __all__ = [
     "build_plugin_manager",
     "hookimpl",
     "hookspec",
+    "load_config",
+    "load_model",
+    "run_grid",
 ]

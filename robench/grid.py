@@ -269,7 +269,7 @@ def clean_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset: 
     pictures = class_images(model, num_classes=bundle.num_classes, shape=tuple(x.shape[1:]),
                             seed=cfg.seed, device=device) if with_class_images else None
     return {
-        "n": len(y), "clean_acc": float(correct.float().mean()), "correct": _pack(correct),
+        "n": len(y), "clean_acc": int(correct.sum()) / len(y), "correct": _pack(correct),
         "seconds": seconds, "diagnostics": diag, "class_images": _to_uint8(pictures) if pictures is not None else [],
         "num_classes": bundle.num_classes,
     }
@@ -319,12 +319,12 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
     return {
         "threat": threat, "kind": kind, "black_box": bool(spec.black_box),
         "targeted": target_mode is not None, "target": str(target_mode or ""),
-        "n": len(y), "clean_acc": float((logits.argmax(1) == y).float().mean()),
+        "n": len(y), "clean_acc": int((logits.argmax(1) == y).sum()) / len(y),
         "attack_params": getattr(attack_obj, "params", params),
         "examples": examples,
         "outcomes": [{
             "eps": o.eps, "eps_label": labels.get(str(o.eps), f"{o.eps:g}"),
-            "robust": _pack(o.robust), "robust_acc": float(o.robust.float().mean()),
+            "robust": _pack(o.robust), "robust_acc": int(o.robust.sum()) / len(y),
             "n_robust": int(o.robust.sum()), "n_invalid": o.n_invalid,
             "grad_evals": o.grad_evals, "queries": o.queries, "seconds": o.seconds,
             "reasons": dict(o.reasons),
@@ -597,8 +597,8 @@ class Grid:
                         rows.append({
                             **row0, "threat": threat, "attack_kind": payload["kind"],
                             "eps": outcome["eps"], "eps_label": outcome["eps_label"],
-                            "clean_acc": payload["clean_acc"], "robust_acc":
-                                outcome["robust_acc"], "n": payload["n"],
+                            "clean_acc": payload["clean_acc"],
+                            "robust_acc": outcome["n_robust"] / payload["n"], "n": payload["n"],
                             "n_robust": outcome["n_robust"], "n_invalid": outcome["n_invalid"],
                             "grad_evals": outcome["grad_evals"], "queries": outcome["queries"],
                             "seconds": outcome["seconds"], "status": status_row,
@@ -622,7 +622,7 @@ class Grid:
                         "threat": threat, "attack_kind": "worst-case", "eps": eps,
                         "eps_label": labels[(threat, eps)],
                         "clean_acc": clean["clean_acc"] if clean else float("nan"),
-                        "robust_acc": float(robust.mean()) if n else float("nan"), "n": n,
+                        "robust_acc": int(robust.sum()) / n if n else float("nan"), "n": n,
                         "n_robust": int(robust.sum()),
                         "status": "invalid" if any(s == "invalid" for _, s, _ in entries)
                         else "ok",

@@ -1,0 +1,1 @@
+"""An example robench plugin package, written only against robench's public contract."""

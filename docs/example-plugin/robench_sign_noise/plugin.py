@@ -1,0 +1,38 @@
+"""Registers one attack and one backbone through robench's entry-point group."""
+
+import torch
+from torch import nn
+
+import robench
+
+
+class SignNoise:
+    """Random +-eps on every pixel: a black-box baseline."""
+
+    def perturb(self, model, x, y, eps, target=None):
+        return (x + eps * torch.randn_like(x).sign()).clamp(0, 1)
+
+
+class TinyMLP(nn.Module):
+    """Flatten -> Linear -> ReLU: pooled features of size ``width``."""
+
+    def __init__(self, *, image_size: int, in_chans: int, width: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_chans * image_size**2, width),
+                                 nn.ReLU())
+        self.num_features = width
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@robench.hookimpl
+def robench_register_attacks():
+    return [robench.AttackSpec(name="sign-noise", factory=SignNoise, threat="linf",
+                               black_box=True, description="random sign noise")]
+
+
+@robench.hookimpl
+def robench_register_backbones():
+    return [robench.BackboneSpec(name="tiny-mlp", factory=TinyMLP,
+                                 description="a one-layer MLP")]

@@ -1,0 +1,574 @@
+"""The leaderboard: one row per model and test domain, ranked by a headline metric.
+
+``results.csv`` has one row per model x domain x attack x eps; people comparing models want
+one line each, with one number to sort by and the evidence next to it.  This module turns the
+results table into that line, and every reporter (csv, md, html, json) and
+``robench leaderboard merge`` go through :func:`build_leaderboard`, so the ranking is
+computed in exactly one place.
+
+Headline metric (see :data:`HEADLINE_DOC`): the *worst-case robust accuracy* at the grid's
+main eps.  The threat is ``linf`` when the grid has it (else l2, l1, l0, corruption, in that
+order); the eps is the one in the grid closest to that threat's reference budget
+(:data:`REFERENCE_EPS`, 8/255 for linf).  Worst-case means: per sample, robust only if no
+attack of the threat model fooled it (the harness's ``worst-case`` rows); a model without
+such rows falls back to the lowest robust accuracy over its attacks, which is an upper bound
+of the true worst case and is labelled as such in ``headline_source``.
+
+Rows are ranked within each test set (dataset and domain): accuracies measured on different
+test sets are not comparable, so a source row never outranks a target row or vice versa.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robench.errors import UsageError
+from robench.results import coerce_results
+
+#: the threat models in the order the headline prefers them
+THREAT_ORDER: tuple[str, ...] = ("linf", "l2", "l1", "l0", "corruption")
+
+#: the budget each threat model's headline eps is chosen closest to (common literature values:
+#: 8/255 and 0.5 are the RobustBench CIFAR-10 budgets; corruption severity 3 of 1..5)
+REFERENCE_EPS: dict[str, float] = {
+    "linf": 8 / 255,
+    "l2": 0.5,
+    "l1": 10.0,
+    "l0": 10.0,
+    "corruption": 3.0,
+}
+
+#: z of a two-sided 95% normal interval
+Z95 = 1.959963984540054
+
+#: columns identifying one leaderboard row; ``run`` keeps merged submissions apart
+GROUP_KEYS: list[str] = ["run", "model", "dataset", "domain"]
+
+HEADLINE_DOC = (
+    "The headline metric is the worst-case robust accuracy: the fraction of the n test "
+    "samples that are classified correctly and that no attack of the threat model fooled, "
+    "at the grid's main eps. The threat is linf when the grid has it (else l2, l1, l0, "
+    "corruption, in that order) and the eps is the grid's eps closest to the threat's "
+    "reference budget (linf 8/255, l2 0.5, l1 10, l0 10 pixels, corruption severity 3). "
+    "A model without worst-case rows for that threat falls back to the lowest robust "
+    "accuracy over its attacks (an optimistic bound; see headline_source). Ties are broken "
+    "by clean accuracy. Rows are ranked within each test set (dataset and domain), because "
+    "accuracies on different test sets are not comparable. Intervals are 95% Wilson score "
+    "intervals over the n samples; auc is the area under the robust-accuracy-vs-eps curve "
+    "from eps 0 (= clean accuracy) to the grid's largest eps, divided by that eps."
+)
+
+_WORST = "worst-case"
+_DOMAIN_ORDER = {"source": 0, "target": 1}
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def wilson_interval(p: float, n: float, *, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``p`` measured on ``n`` samples.
+
+    Used rather than the normal (Wald) interval because robust accuracies are often near 0
+    or 1 on small test sets, where Wald's interval collapses to a point or leaves [0, 1].
+    Returns ``(nan, nan)`` when ``p`` is unknown or ``n`` is not positive.
+    """
+    if n is None or p is None or not np.isfinite(p) or not np.isfinite(n) or n <= 0:
+        return (math.nan, math.nan)
+    p = min(max(float(p), 0.0), 1.0)
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2.0 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def normalised_auc(eps: Sequence[float], acc: Sequence[float], clean_acc: float,
+                   *, max_eps: float) -> float:
+    """Area under the robust-accuracy-vs-eps curve, from eps 0 (clean accuracy) to ``max_eps``.
+
+    The trapezoid area is divided by ``max_eps``, so the result is an accuracy in [0, 1]:
+    the mean robust accuracy over budgets drawn uniformly from [0, max_eps].  ``max_eps`` is
+    the grid's largest eps for the threat, shared by every model, so AUCs are comparable; a
+    curve that stops short of it (a failed row, a missing eps) gives ``nan`` rather than an
+    area over a different range.
+    """
+    points = sorted((float(e), float(a)) for e, a in zip(eps, acc, strict=True) if e > 0)
+    if (not points or max_eps <= 0 or not np.isfinite(clean_acc)
+            or any(not np.isfinite(a) for _, a in points)
+            or not math.isclose(points[-1][0], max_eps, rel_tol=1e-9, abs_tol=1e-12)):
+        return math.nan
+    xs = [0.0] + [e for e, _ in points]
+    ys = [float(clean_acc)] + [a for _, a in points]
+    area = sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2.0 for i in range(len(xs) - 1))
+    return area / max_eps
+
+
+def eps_key(eps: float) -> float:
+    """Eps rounded so that 8/255 read back from a CSV equals 8/255 computed in memory."""
+    return round(float(eps), 12)
+
+
+def format_eps(eps: float) -> str:
+    """A short label for an eps that came without one (e.g. from an outside submission)."""
+    return f"{eps:g}"
+
+
+def robust_column(threat: str, label: str) -> str:
+    """The leaderboard column holding robust accuracy at one threat and eps."""
+    return f"robust[{threat}@{label}]"
+
+
+def auc_column(threat: str) -> str:
+    """The leaderboard column holding the normalised AUC of one threat's curve."""
+    return f"auc[{threat}]"
+
+
+# --------------------------------------------------------------------------- the headline
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The metric the leaderboard ranks by: robust accuracy at one threat and eps.
+
+    ``threat == "none"`` means the grid had no attack rows at all; the headline is then the
+    clean accuracy, so a clean-only run still gets a meaningful ranking.
+    """
+
+    threat: str
+    eps: float
+    eps_label: str
+
+    @property
+    def column(self) -> str:
+        return "clean_acc" if self.threat == "none" else robust_column(self.threat, self.eps_label)
+
+    def describe(self) -> str:
+        """One line for reports, e.g. ``worst-case robust accuracy, linf @ 8/255``."""
+        if self.threat == "none":
+            return "clean accuracy (the results hold no attack rows)"
+        return f"worst-case robust accuracy, {self.threat} @ {self.eps_label}"
+
+
+def _attack_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows that measure robustness at a positive budget of a real threat model."""
+    mask = (results["threat"] != "none") & (results["threat"] != "") & (results["eps"] > 0)
+    return results[mask.fillna(False)]
+
+
+def _is_worst(rows: pd.DataFrame) -> pd.Series:
+    return (rows["attack_kind"] == _WORST) | (rows["attack"] == _WORST)
+
+
+def eps_labels(results: pd.DataFrame) -> dict[tuple[str, float], str]:
+    """``(threat, eps_key) -> label``: the label written in the config, first one seen."""
+    labels: dict[tuple[str, float], str] = {}
+    for threat, eps, label in zip(results["threat"], results["eps"], results["eps_label"],
+                                  strict=True):
+        if not np.isfinite(eps):
+            continue
+        key = (str(threat), eps_key(eps))
+        if key not in labels or (not labels[key] and label):
+            labels[key] = str(label)
+    return {k: (v or format_eps(k[1])) for k, v in labels.items()}
+
+
+def main_eps(threat: str, eps_values: Iterable[float]) -> float:
+    """The eps of ``eps_values`` closest to the threat's reference budget (larger on a tie).
+
+    A threat without a reference budget (a plugin's own) uses the median of its grid, so the
+    headline is neither the trivial smallest nor the hopeless largest budget.
+    """
+    values = sorted({eps_key(e) for e in eps_values if np.isfinite(e) and e > 0})
+    if not values:
+        raise ValueError(f"no positive eps for threat {threat!r}")
+    reference = REFERENCE_EPS.get(threat)
+    if reference is None:
+        return values[(len(values) - 1) // 2]
+    return min(values, key=lambda e: (abs(e - reference), -e))
+
+
+def main_eps_by_threat(results: pd.DataFrame) -> dict[str, tuple[float, str]]:
+    """``threat -> (eps, label)``: each threat's main eps in the grid, threats in order."""
+    return _main_eps_by_threat(coerce_results(results))
+
+
+def _main_eps_by_threat(results: pd.DataFrame) -> dict[str, tuple[float, str]]:
+    rows = _attack_rows(results)
+    labels = eps_labels(results)
+    present = list(dict.fromkeys(rows["threat"]))
+    threats = [t for t in THREAT_ORDER if t in present] + sorted(
+        t for t in present if t not in THREAT_ORDER)
+    out: dict[str, tuple[float, str]] = {}
+    for threat in threats:
+        eps = main_eps(threat, rows.loc[rows["threat"] == threat, "eps"])
+        out[threat] = (eps, labels[(threat, eps)])
+    return out
+
+
+def choose_headline(results: pd.DataFrame) -> Headline:
+    """The headline threat and eps for a results table (see the module docstring)."""
+    return _headline_of(main_eps_by_threat(results))
+
+
+def _headline_of(mains: Mapping[str, tuple[float, str]]) -> Headline:
+    if not mains:
+        return Headline(threat="none", eps=0.0, eps_label="0")
+    threat = next(iter(mains))
+    eps, label = mains[threat]
+    return Headline(threat=threat, eps=eps, eps_label=label)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def robust_curves(results: pd.DataFrame) -> pd.DataFrame:
+    """Robust accuracy per leaderboard row, threat and eps, in long form.
+
+    Columns: the :data:`GROUP_KEYS`, ``threat``, ``eps``, ``eps_label``, ``robust_acc`` and
+    ``source`` (``worst-case`` when taken from the harness's worst-case rows, else
+    ``min-over-attacks``: the lowest robust accuracy of any attack at that eps).  Worst-case
+    rows win whenever a row has them for the threat, because they are per-sample and so at
+    most the minimum over attacks.
+    """
+    return _robust_curves(coerce_results(results))
+
+
+def _robust_curves(results: pd.DataFrame) -> pd.DataFrame:
+    rows = _attack_rows(results).copy()
+    columns = [*GROUP_KEYS, "threat", "eps", "eps_label", "robust_acc", "source"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    labels = eps_labels(results)
+    rows["eps"] = rows["eps"].map(eps_key)
+    rows["worst"] = _is_worst(rows)
+    keys = [*GROUP_KEYS, "threat"]
+    has_worst = rows.groupby(keys, sort=False)["worst"].transform("any")
+    use = rows[rows["worst"] == has_worst].copy()
+    use["source"] = np.where(use["worst"], _WORST, "min-over-attacks")
+    curves = (use.groupby([*keys, "eps", "source"], sort=False)["robust_acc"]
+              .min().reset_index())
+    curves["eps_label"] = [labels[(t, e)] for t, e in zip(curves["threat"], curves["eps"],
+                                                           strict=True)]
+    return curves[columns].sort_values([*keys, "eps"], kind="stable").reset_index(drop=True)
+
+
+def attack_matrix(results: pd.DataFrame) -> pd.DataFrame:
+    """Robust accuracy per leaderboard row and attack, each at its threat's main eps.
+
+    Long form with the :data:`GROUP_KEYS`, ``attack``, ``threat``, ``eps``, ``eps_label`` and
+    ``robust_acc``: the data of the HTML report's model x attack heatmap.
+    """
+    results = coerce_results(results)
+    rows = _attack_rows(results)
+    columns = [*GROUP_KEYS, "attack", "threat", "eps", "eps_label", "robust_acc"]
+    mains = main_eps_by_threat(results)
+    parts = []
+    for threat, (eps, label) in mains.items():
+        at = rows[(rows["threat"] == threat) & (rows["eps"].map(eps_key) == eps)]
+        at = at.groupby([*GROUP_KEYS, "attack", "threat"], sort=False)["robust_acc"].min()
+        at = at.reset_index()
+        at["eps"], at["eps_label"] = eps, label
+        parts.append(at)
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _union_flags(values: pd.Series) -> str:
+    flags = {f.strip() for v in values for f in str(v).split(";") if f.strip()}
+    return ";".join(sorted(flags))
+
+
+def _status_summary(values: pd.Series) -> str:
+    counts = Counter(v or "unknown" for v in values)
+    if len(counts) == 1:
+        return next(iter(counts))
+    order = ["ok", "invalid", "failed"]
+    names = [s for s in order if s in counts] + sorted(s for s in counts if s not in order)
+    return ", ".join(f"{name} {counts[name]}" for name in names)
+
+
+def _joined(values: pd.Series) -> str:
+    return ";".join(dict.fromkeys(str(v) for v in values if str(v)))
+
+
+def _base_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per leaderboard entry with the plain aggregates (no robustness yet).
+
+    Cost totals count attack rows only: worst-case rows summarise attacks already counted.
+    The clean accuracy prefers rows that ran (every row of an entry carries it).
+    """
+    attack = ~_is_worst(results)
+    frame = results.assign(
+        _seconds=results["seconds"].fillna(0.0).where(attack, 0.0),
+        _grad=results["grad_evals"].where(attack, 0),
+        _queries=results["queries"].where(attack, 0),
+        _clean_ran=results["clean_acc"].where(results["status"] != "failed"),
+    )
+    for column in ("backbone", "head", "adaptor"):
+        frame[column] = frame[column].replace("", pd.NA)
+    grouped = frame.groupby(GROUP_KEYS, sort=False, dropna=False)
+    spec: dict[str, tuple[str, Any]] = {
+        "backbone": ("backbone", "first"),
+        "head": ("head", "first"),
+        "adaptor": ("adaptor", "first"),
+        "n": ("n", "max"),
+        "_clean_ran": ("_clean_ran", "first"),
+        "_clean_any": ("clean_acc", "first"),
+        "flags": ("flags", _union_flags),
+        "status": ("status", _status_summary),
+        "params": ("params", "max"),
+        "train_seconds": ("train_seconds", "max"),
+        "attack_seconds": ("_seconds", "sum"),
+        "grad_evals": ("_grad", "sum"),
+        "queries": ("_queries", "sum"),
+        "seed": ("seed", "first"),
+        "device": ("device", _joined),
+    }
+    if "source_file" in frame:
+        spec["source_file"] = ("source_file", _joined)
+    board = grouped.agg(**spec).reset_index()
+    board["clean_acc"] = board["_clean_ran"].fillna(board["_clean_any"]).astype("float64")
+    for column in ("backbone", "head", "adaptor"):
+        board[column] = board[column].astype("string").fillna("")
+    return board.drop(columns=["_clean_ran", "_clean_any"])
+
+
+def _rank_within_test_sets(board: pd.DataFrame) -> pd.DataFrame:
+    """Sort best first inside each dataset x domain block and number the rows 1, 2, 2, 4."""
+    block_order = {k: i for i, k in enumerate(dict.fromkeys(zip(board["dataset"],
+                                                                board["domain"],
+                                                                strict=True)))}
+    board = board.assign(
+        _domain=board["domain"].map(lambda d: _DOMAIN_ORDER.get(d, 2)),
+        _block=[block_order[k] for k in zip(board["dataset"], board["domain"], strict=True)],
+        _head=board["headline_acc"].fillna(-1.0),
+        _clean=board["clean_acc"].fillna(-1.0),
+    )
+    board = board.sort_values(["_domain", "_block", "_head", "_clean", "model", "run"],
+                              ascending=[True, True, False, False, True, True], kind="stable")
+    ranks: list[int] = []
+    previous: tuple[Any, ...] | None = None
+    position = 0
+    for block, head, clean in zip(board["_block"], board["_head"], board["_clean"],
+                                  strict=True):
+        position = 1 if previous is None or previous[0] != block else position + 1
+        if previous is not None and previous == (block, head, clean):
+            ranks.append(ranks[-1])
+        else:
+            ranks.append(position)
+        previous = (block, head, clean)
+    board.insert(0, "rank", ranks)
+    return board.drop(columns=["_domain", "_block", "_head", "_clean"]).reset_index(drop=True)
+
+
+def _add_comparisons(board: pd.DataFrame) -> pd.DataFrame:
+    """Domain gap (source minus target) and adaptation gain (model minus its ``none`` twin)."""
+    values = ["clean_acc", "headline_acc"]
+    model_keys = ["run", "model"]
+    source = board.loc[board["domain"] == "source", model_keys + values]
+    target = board.loc[board["domain"] == "target", model_keys + values]
+    pairs = source.drop_duplicates(model_keys).merge(target.drop_duplicates(model_keys),
+                                                     on=model_keys, suffixes=("_s", "_t"))
+    pairs["gap_clean"] = pairs["clean_acc_s"] - pairs["clean_acc_t"]
+    pairs["gap_robust"] = pairs["headline_acc_s"] - pairs["headline_acc_t"]
+    board = board.merge(pairs[model_keys + ["gap_clean", "gap_robust"]], on=model_keys,
+                        how="left")
+
+    twin_keys = ["run", "dataset", "domain", "backbone", "head"]
+    twins = (board.loc[board["adaptor"] == "none", twin_keys + values]
+             .drop_duplicates(twin_keys)
+             .rename(columns={"clean_acc": "_twin_clean", "headline_acc": "_twin_head"}))
+    board = board.merge(twins, on=twin_keys, how="left")
+    adapted = ~board["adaptor"].isin(["none", ""])
+    board["adapt_gain_clean"] = (board["clean_acc"] - board["_twin_clean"]).where(adapted)
+    board["adapt_gain_robust"] = (board["headline_acc"] - board["_twin_head"]).where(adapted)
+    return board.drop(columns=["_twin_clean", "_twin_head"])
+
+
+def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per model and test domain (and run, when merged), best first.
+
+    Columns, in order: ``rank`` (within the row's dataset x domain), ``model``, ``backbone``,
+    ``head``, ``adaptor``, ``dataset``, ``domain``, ``n``, ``clean_acc`` with
+    ``clean_ci_low``/``clean_ci_high``, ``headline_acc`` with ``headline_ci_low``/
+    ``headline_ci_high``, ``headline_metric`` (what it is, e.g. ``worst-case robust accuracy,
+    linf @ 8/255``), ``headline_source``; then ``robust[THREAT@EPS]`` for every threat and eps
+    of the grid and ``auc[THREAT]`` per threat; ``gap_clean``/``gap_robust`` (source minus
+    target of the same model); ``adapt_gain_clean``/``adapt_gain_robust`` (this row minus the
+    same backbone+head with adaptor ``none``, same run, dataset and domain; on target rows
+    this is the adaptation gain, on source rows what adapting cost the source); ``flags``
+    (union), ``status`` (e.g. ``ok`` or ``ok 10, invalid 2``), ``params``,
+    ``train_seconds``, ``attack_seconds``, ``grad_evals``, ``queries`` (totals over the
+    attacks), ``run``, ``seed``, ``device`` and ``source_file`` when the results have it.
+    Accuracies are fractions in [0, 1]; ``nan`` where a value cannot be computed.
+    """
+    results = coerce_results(results)
+    mains = _main_eps_by_threat(results)
+    headline = _headline_of(mains)
+    fixed = ["rank", "model", "backbone", "head", "adaptor", "dataset", "domain", "n",
+             "clean_acc", "clean_ci_low", "clean_ci_high", "headline_acc", "headline_ci_low",
+             "headline_ci_high", "headline_metric", "headline_source"]
+    tail = ["gap_clean", "gap_robust", "adapt_gain_clean", "adapt_gain_robust", "flags",
+            "status", "params", "train_seconds", "attack_seconds", "grad_evals", "queries",
+            "run", "seed", "device"]
+    if "source_file" in results:
+        tail.append("source_file")
+    if results.empty:
+        return pd.DataFrame(columns=fixed + tail)
+
+    board = _base_rows(results)
+    curves = _robust_curves(results)
+    robust_cols: list[str] = []
+    auc_cols: list[str] = []
+    if not curves.empty:
+        curves["column"] = [robust_column(t, lbl) for t, lbl in
+                            zip(curves["threat"], curves["eps_label"], strict=True)]
+        threat_rank = {t: i for i, t in enumerate(mains)}
+        order = (curves[["threat", "eps", "column"]].drop_duplicates()
+                 .assign(_t=lambda f: f["threat"].map(threat_rank))
+                 .sort_values(["_t", "eps"]))
+        robust_cols = list(dict.fromkeys(order["column"]))
+        wide = curves.pivot_table(index=GROUP_KEYS, columns="column", values="robust_acc",
+                                  aggfunc="min", dropna=False)
+        board = board.merge(wide.reset_index(), on=GROUP_KEYS, how="left")
+        sources = curves.groupby([*GROUP_KEYS, "threat"])["source"].first()
+        clean = board["clean_acc"].to_numpy(dtype=float)
+        for threat in threat_rank:
+            auc_cols.append(auc_column(threat))
+            grid = order[order["threat"] == threat]
+            accs = board[list(grid["column"])].to_numpy(dtype=float)
+            eps = list(grid["eps"])
+            board[auc_column(threat)] = [
+                normalised_auc(eps, row, c, max_eps=eps[-1]) for row, c in zip(accs, clean,
+                                                                               strict=True)
+            ]
+        board["headline_source"] = [
+            sources.get((*k, headline.threat), "") for k in
+            zip(*(board[c] for c in GROUP_KEYS), strict=True)
+        ]
+    else:
+        board["headline_source"] = "clean"
+
+    for column in robust_cols:
+        if column not in board:
+            board[column] = math.nan
+    if headline.column in board:
+        board["headline_acc"] = board[headline.column].astype("float64")
+    else:
+        board["headline_acc"] = math.nan
+    board["headline_metric"] = headline.describe()
+    board.loc[board["headline_acc"].isna(), "headline_source"] = ""
+    clean_ci = [wilson_interval(p, n) for p, n in zip(board["clean_acc"], board["n"],
+                                                       strict=True)]
+    head_ci = [wilson_interval(p, n) for p, n in zip(board["headline_acc"], board["n"],
+                                                      strict=True)]
+    board["clean_ci_low"], board["clean_ci_high"] = zip(*clean_ci, strict=True)
+    board["headline_ci_low"], board["headline_ci_high"] = zip(*head_ci, strict=True)
+    board = _add_comparisons(board)
+    board = _rank_within_test_sets(board)
+    return board[fixed + robust_cols + auc_cols + tail]
+
+
+# --------------------------------------------------------------------------- writing reports
+
+
+#: the reporters ``robench report`` runs when run.json names none
+DEFAULT_REPORTERS: tuple[str, ...] = ("csv", "md", "html", "json")
+
+
+def write_reports(
+    results: pd.DataFrame,
+    run_dir: str | Path,
+    context: Mapping[str, Any],
+    *,
+    reporters: Sequence[str] = DEFAULT_REPORTERS,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    host: Any = None,
+) -> list[Path]:
+    """Run the named reporters on a results table; the files they wrote, in order.
+
+    Reporters are looked up through the plugin host like every other plugin (the core never
+    imports ``robench_reports``), so a third-party reporter named in a config works here too.
+    ``params`` maps reporter name to its factory parameters (the config's ``[reporter.X]``).
+    """
+    if host is None:
+        from robench.host import PluginHost
+
+        host = PluginHost.create()
+    results = coerce_results(results)
+    written: list[Path] = []
+    for name in reporters:
+        reporter = host.build("reporter", name, **dict((params or {}).get(name, {})))
+        written.extend(Path(p) for p in reporter.write(results, Path(run_dir), dict(context)))
+    return written
+
+
+def read_run_context(run_dir: str | Path, results: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The reporter ``context`` of a finished run, rebuilt from its ``run.json``.
+
+    Tolerates a missing or partial run.json (a results.csv copied on its own still gets a
+    report); the title then comes from the results' ``run`` column or the folder name.
+    """
+    run_dir = Path(run_dir)
+    meta: dict[str, Any] = {}
+    run_json = run_dir / "run.json"
+    if run_json.is_file():
+        try:
+            meta = json.loads(run_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{run_json}: not readable as JSON ({exc}).") from exc
+        if not isinstance(meta, dict):
+            raise UsageError(f"{run_json}: expected a JSON object, got {type(meta).__name__}.")
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    provenance = meta.get("provenance")
+    if not isinstance(provenance, dict):
+        provenance = {k: v for k, v in meta.items() if k not in ("config", "name")}
+    name = meta.get("name") or config.get("name")
+    if not name and results is not None and "run" in results and len(results):
+        name = _joined(results["run"].astype(str))
+    return {
+        "name": str(name or run_dir.resolve().name),
+        "config": config,
+        "provenance": provenance,
+        "examples_dir": run_dir / "examples",
+    }
+
+
+def report_run(
+    run_dir: str | Path,
+    *,
+    reporters: Sequence[str] | None = None,
+    host: Any = None,
+) -> list[Path]:
+    """``robench report RUN_DIR``: rebuild a run's reports from its results.csv and run.json.
+
+    The reporters and their parameters come from the run's config unless ``reporters`` is
+    given; results.csv is validated like a merge input, so a hand-edited file fails with a
+    message naming the problem instead of a broken report.
+    """
+    from robench.merge import read_results
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"Run folder {run_dir} does not exist.")
+    results = read_results(run_dir / "results.csv", source_column=False)
+    context = read_run_context(run_dir, results)
+    config = context["config"]
+    if reporters is None:
+        reporters = list(config.get("reporters") or DEFAULT_REPORTERS)
+    params = (config.get("params") or {}).get("reporter", {}) if isinstance(config, dict) else {}
+    return write_reports(results, run_dir, context, reporters=reporters, params=params,
+                         host=host)
