@@ -144,28 +144,12 @@ def plugins(
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> None:
     """Rebuild every report of a run from its stored results, without rerunning anything."""
-    import json
-
-    import pandas as pd
-
-    from robench.grid import write_reports
-    from robench.host import PluginHost
-    from robench.results import coerce_results
+    from robench.leaderboard import report_run
 
     try:
         if not run_dir.is_dir():
             raise UsageError(f"Run folder {str(run_dir)!r} does not exist.")
-        results_path = run_dir / "results.csv"
-        if not results_path.exists():
-            raise UsageError(f"{str(run_dir)!r} has no results.csv: is it a robench run folder?")
-        provenance = {}
-        if (run_dir / "run.json").exists():
-            provenance = json.loads((run_dir / "run.json").read_text())
-        results = coerce_results(pd.read_csv(results_path, keep_default_na=False,
-                                             na_values=[""]))
-        reporters = provenance.get("config", {}).get("reporters") or ["csv", "md", "html",
-                                                                      "json"]
-        written = write_reports(results, run_dir, provenance, reporters, PluginHost.create())
+        written = report_run(run_dir)
     except RobenchError as exc:
         _fail(exc)
     for path in written:

@@ -208,22 +208,31 @@ def _float(value: Any, key: str) -> float:
     return number
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-+<>\"' &;=()/]*$")
-
-
 def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> GridConfig:
     """Validate a config mapping (from TOML) plus flag overrides into a GridConfig.
 
     ``overrides`` with value ``None`` are ignored, so CLI flags left out keep the file's value.
     """
     merged: dict[str, Any] = dict(data or {})
+    config = GridConfig()
+    executor_table = merged.get("executor")
+    if isinstance(executor_table, Mapping):
+        # TOML cannot hold both executor = "ray" and [executor.ray]: a single [executor.NAME]
+        # table selects that executor and sets its parameters.
+        merged.pop("executor")
+        merged.setdefault("_executor_params", executor_table)
+        if len(executor_table) == 1:
+            merged["executor"] = next(iter(executor_table))
     for key, value in overrides.items():
         if value is not None:
             merged[key] = value
-    config = GridConfig()
+    if "_executor_params" in merged:
+        merged["executor_params_table"] = merged.pop("_executor_params")
     known = [*_FIELD_TYPES, *PARAM_TABLES]
     for key, value in merged.items():
-        if key in PARAM_TABLES:
+        if key == "executor_params_table":
+            key = "executor"
+        if key in PARAM_TABLES and (key not in _FIELD_TYPES or isinstance(value, Mapping)):
             if not isinstance(value, Mapping) or not all(
                 isinstance(v, Mapping) for v in value.values()
             ):

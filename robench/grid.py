@@ -727,15 +727,14 @@ def _example_order(attacks: list[str], host: PluginHost) -> list[str]:
 
 def write_reports(results: pd.DataFrame, run_dir: Path, provenance: dict[str, Any],
                   reporters: list[str], host: PluginHost) -> list[Path]:
+    """Call the configured reporters (found through the plugin host) on the results."""
+    from robench.leaderboard import write_reports as write_with
+
     context = {"name": provenance.get("name", run_dir.name),
                "config": provenance.get("config", {}), "provenance": provenance,
                "examples_dir": run_dir / "examples"}
-    written: list[Path] = []
     params = provenance.get("config", {}).get("params", {}).get("reporter", {})
-    for name in reporters:
-        reporter = host.build("reporter", name, **params.get(name, {}))
-        written.extend(reporter.write(results, run_dir, context))
-    return written
+    return write_with(results, run_dir, context, reporters=reporters, params=params, host=host)
 
 
 class _ProgressDisplay:

@@ -158,6 +158,8 @@ class PluginHost:
             prefix, _, rest = name.partition(":")
             namespace = specs.get(f"{prefix}:*")
             if namespace is not None and rest:
+                if namespace.validate_name is not None:
+                    namespace.validate_name(rest)
                 return namespace, {"name": rest}
         raise UnknownNameError(kind, name, specs)
 

@@ -36,6 +36,9 @@ class PluginSpec:
     factory: Callable[..., Any]
     description: str = ""
     plugin: str = field(default="", compare=False)
+    #: for a ``prefix:*`` namespace: ``validate_name(rest)`` raises ``UnknownNameError`` for a
+    #: name the namespace cannot build, so typos fail before any work starts
+    validate_name: Callable[[str], None] | None = field(default=None, compare=False)
 
     @property
     def is_namespace(self) -> bool:
@@ -49,7 +52,7 @@ class PluginSpec:
         """Plain fields for listings (everything but the factory)."""
         out: dict[str, Any] = {"spec_kind": self.spec_kind, "name": self.name}
         for key, value in self.__dict__.items():
-            if key in ("name", "factory"):
+            if key in ("name", "factory", "validate_name"):
                 continue
             out[key] = value
         return out

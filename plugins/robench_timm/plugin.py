@@ -43,6 +43,18 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(usable, strict=False)
 
 
+def check_timm_name(name: str) -> None:
+    """Refuse a name timm does not know, suggesting the closest ones."""
+    import difflib
+
+    import timm
+
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=8, cutoff=0.6)
+        raise robench.UnknownNameError("backbone", f"timm:{name}", [f"timm:{m}" for m in close])
+
+
 def timm_backbone(
     *,
     name: str,
@@ -55,9 +67,7 @@ def timm_backbone(
     """A timm model with ``num_classes=0`` (pooled features) and its input statistics."""
     import timm
 
-    if not timm.is_model(name.split(".")[0]):
-        known = timm.list_models(f"*{name.split('.')[0][:4]}*") or timm.list_models()
-        raise robench.UnknownNameError("backbone", f"timm:{name}", [f"timm:{m}" for m in known])
+    check_timm_name(name)
     kwargs = {"num_classes": 0, "in_chans": in_chans, **model_kwargs}
     try:
         try:
@@ -88,6 +98,7 @@ def robench_register_backbones() -> list[robench.BackboneSpec]:
     return [
         robench.BackboneSpec(
             name="timm:*", factory=timm_backbone, pretrained=True,
+            validate_name=check_timm_name,
             description="any timm model, classifier removed (num_classes=0); params: "
                         "pretrained, pretrained_file, and timm's model kwargs",
         )

@@ -1,0 +1,418 @@
+"""White-box, eps-bounded gradient attacks: FGSM, PGD (Linf, L2, SLIDE-L1) and APGD.
+
+All of them are batched and pure PyTorch in pixel space, and drop a sample from the working
+batch as soon as one of its iterates is adversarial: that iterate is returned, and the
+sample costs no further gradient evaluations.  A sample never fooled gets the last iterate
+(PGD) or its highest-loss iterate (APGD), always inside the eps ball and [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+import robench
+from robench_attacks._core import (
+    LOSSES,
+    Rng,
+    Tensor,
+    check_batch,
+    check_eps,
+    choice,
+    flat,
+    logits_and_grad,
+    loss_function,
+    normalized,
+    per_sample,
+    positive_float,
+    positive_int,
+    predict,
+    project,
+    random_in_ball,
+    success,
+)
+
+
+class NativeAttack:
+    """Base of the native attacks: name, threat model, kind and reported parameters.
+
+    ``threat`` and ``kind`` mirror the spec; the harness reads them from the object when
+    present, which lets one class serve several threat models.
+    """
+
+    name: str = ""
+    threat: str = "linf"
+    kind: str = "bounded"
+    targeted_ok: bool = False
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+    def _batch(
+        self, x: Tensor, y: Tensor, target: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        return check_batch(x, y, target, attack=self.name, targeted_ok=self.targeted_ok)
+
+
+def _take(t: Tensor | None, keep: Tensor) -> Tensor | None:
+    return None if t is None else t[keep]
+
+
+# --------------------------------------------------------------------------- FGSM
+
+
+class FGSM(NativeAttack):
+    """Fast Gradient Sign Method (Goodfellow et al. 2015): one signed-gradient step of size
+    eps, clipped to [0, 1].
+
+    The cheapest white-box baseline: one gradient evaluation per sample.  Untargeted it
+    ascends the cross-entropy of the label; targeted it descends the cross-entropy of the
+    target.  Identical to foolbox's ``FGSM`` (``LinfFastGradientAttack``).
+    """
+
+    name = "fgsm"
+    threat = "linf"
+    targeted_ok = True
+
+    def __init__(self, *, loss: str = "ce") -> None:
+        super().__init__()
+        self.loss = choice(loss, LOSSES, name="loss", attack=self.name)
+        self.params = {"loss": self.loss}
+
+    def perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, eps: float | None,
+        target: Tensor | None = None,
+    ) -> Tensor:
+        x, y, target = self._batch(x, y, target)
+        radius = check_eps(eps, attack=self.name)
+        if radius == 0 or x.shape[0] == 0:
+            return x.clone()
+        _, _, grad = logits_and_grad(model, x, y, target, loss_function(self.loss))
+        return project(x + radius * grad.sign(), x, radius, "linf")
+
+
+# --------------------------------------------------------------------------- PGD
+
+
+class PGD(NativeAttack):
+    """Projected Gradient Descent (Madry et al. 2018) in the Linf ball.
+
+    Defaults (strong rather than fast, as in Madry et al.'s CIFAR evaluation): ``steps=20``,
+    step size ``rel_step_size * eps / steps`` with ``rel_step_size=2.5`` (so the iterates can
+    cross the ball more than twice and still settle), a uniform random start, one restart,
+    cross-entropy loss.  ``step_size`` overrides the relative rule with an absolute size.
+    With ``restarts > 1`` each further restart runs only on samples not yet fooled, at the
+    price of one extra plain forward per restart to know which those are.
+    """
+
+    name = "pgd"
+    threat = "linf"
+    targeted_ok = True
+    norm = "linf"
+
+    def __init__(
+        self,
+        *,
+        steps: int = 20,
+        step_size: float | None = None,
+        rel_step_size: float = 2.5,
+        random_start: bool = True,
+        restarts: int = 1,
+        loss: str = "ce",
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.steps = positive_int(steps, name="steps", attack=self.name)
+        self.step_size = (None if step_size is None
+                          else positive_float(step_size, name="step_size", attack=self.name))
+        self.rel_step_size = positive_float(rel_step_size, name="rel_step_size",
+                                            attack=self.name)
+        self.random_start = bool(random_start)
+        self.restarts = positive_int(restarts, name="restarts", attack=self.name)
+        self.loss = choice(loss, LOSSES, name="loss", attack=self.name)
+        self.rng = Rng(seed)
+        self.params = {
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "rel_step_size": self.rel_step_size,
+            "random_start": self.random_start,
+            "restarts": self.restarts,
+            "loss": self.loss,
+            "seed": seed,
+        }
+
+    def direction(self, grad: Tensor, x_adv: Tensor) -> Tensor:
+        """The steepest-ascent direction of unit ``norm`` (sign of the gradient for Linf)."""
+        return grad.sign()
+
+    def perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, eps: float | None,
+        target: Tensor | None = None,
+    ) -> Tensor:
+        x, y, target = self._batch(x, y, target)
+        radius = check_eps(eps, attack=self.name)
+        if radius == 0 or x.shape[0] == 0:
+            return x.clone()
+        step = self.step_size if self.step_size is not None else (
+            self.rel_step_size * radius / self.steps)
+        out = x.clone()
+        remaining = torch.arange(x.shape[0], device=x.device)
+        for restart in range(self.restarts):
+            if remaining.numel() == 0:
+                break
+            last = restart == self.restarts - 1
+            adv, fooled = self._run(model, x[remaining], y[remaining],
+                                    _take(target, remaining), radius, step, check_end=not last)
+            out[remaining] = adv
+            remaining = remaining[~fooled]
+        return out
+
+    def _run(
+        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, eps: float,
+        step: float, *, check_end: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """One PGD run; returns the iterates and which samples were seen adversarial."""
+        loss_fn = loss_function(self.loss)
+        out = x.clone()
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        idx = torch.arange(x.shape[0], device=x.device)
+        x_adv = random_in_ball(x, eps, self.norm, self.rng) if self.random_start else x.clone()
+        for _ in range(self.steps):
+            logits, _, grad = logits_and_grad(model, x_adv, y, target, loss_fn)
+            is_adv = success(logits, y, target)
+            if is_adv.any():
+                out[idx[is_adv]] = x_adv[is_adv]
+                fooled[idx[is_adv]] = True
+                keep = ~is_adv
+                x_adv, x, y, grad, idx = x_adv[keep], x[keep], y[keep], grad[keep], idx[keep]
+                target = _take(target, keep)
+                if idx.numel() == 0:
+                    return out, fooled
+            x_adv = project(x_adv + step * self.direction(grad, x_adv), x, eps, self.norm)
+        out[idx] = x_adv
+        if check_end:
+            fooled[idx] = success(predict(model, x_adv), y, target)
+        return out, fooled
+
+
+class PGDL2(PGD):
+    """PGD in the L2 ball: steps along the L2-normalised gradient, projection by rescaling.
+
+    Same defaults as ``pgd`` (20 steps of ``2.5 * eps / steps``, random start uniform in the
+    L2 ball, one restart, cross-entropy).
+    """
+
+    name = "pgd-l2"
+    threat = "l2"
+    norm = "l2"
+
+    def direction(self, grad: Tensor, x_adv: Tensor) -> Tensor:
+        return normalized(grad, "l2")
+
+
+class PGDL1(PGD):
+    """Sparse L1 descent (SLIDE, Tramèr & Boneh 2019) in the L1 ball.
+
+    A dense L1-normalised gradient step barely moves any pixel, so plain L1-PGD is weak.
+    SLIDE steps only along the coordinates whose gradient magnitude is in the top
+    ``1 - quantile`` fraction (default ``quantile=0.99``: the top 1%), ignoring coordinates
+    already pinned at 0 or 1 in the gradient's direction, then projects exactly onto the L1
+    ball (Duchi et al. 2008) and clips to [0, 1].  Defaults otherwise as ``pgd``.
+    """
+
+    name = "pgd-l1"
+    threat = "l1"
+    norm = "l1"
+
+    def __init__(
+        self,
+        *,
+        steps: int = 20,
+        step_size: float | None = None,
+        rel_step_size: float = 2.5,
+        random_start: bool = True,
+        restarts: int = 1,
+        loss: str = "ce",
+        quantile: float = 0.99,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(steps=steps, step_size=step_size, rel_step_size=rel_step_size,
+                         random_start=random_start, restarts=restarts, loss=loss, seed=seed)
+        self.quantile = float(quantile)
+        if not 0.0 <= self.quantile < 1.0:
+            raise robench.UsageError(f"pgd-l1: quantile must be in [0, 1), got {quantile!r}.")
+        self.params["quantile"] = self.quantile
+
+    def direction(self, grad: Tensor, x_adv: Tensor) -> Tensor:
+        g = grad.masked_fill(((x_adv <= 0) & (grad < 0)) | ((x_adv >= 1) & (grad > 0)), 0.0)
+        mag = flat(g).abs()
+        k = max(1, round((1.0 - self.quantile) * mag.shape[1]))
+        threshold = mag.topk(k, dim=1).values[:, -1:]
+        mask = (mag >= threshold) & (mag > 0)
+        e = flat(g).sign() * mask
+        e = e / e.abs().sum(dim=1, keepdim=True).clamp_min(1.0)
+        return e.reshape(grad.shape)
+
+
+# --------------------------------------------------------------------------- APGD
+
+
+class APGD(NativeAttack):
+    """Auto-PGD (Croce & Hein 2020), the step-size-free PGD at the core of AutoAttack.
+
+    Starts at step size ``2 * eps`` and halves it, per sample, at checkpoints
+    ``w_j = ceil(p_j * steps)`` with ``p_0 = 0, p_1 = 0.22,
+    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` when the loss rose in fewer than
+    ``rho = 0.75`` of the steps since the last checkpoint, or when the step was not reduced
+    last time and the best loss did not improve; on a reduction the iterate restarts from the
+    best point.  Steps use momentum 0.75.  Defaults follow AutoAttack: ``steps=100``, one
+    restart (each further restart only on samples not yet fooled), ``norm="linf"``
+    (``"l2"`` also supported; ``threat`` follows it).  Cost: ``steps + 1`` gradient
+    evaluations for a sample that is never fooled.
+
+    ``loss="ce"`` (``apgd-ce``) or ``"dlr"`` (``apgd-dlr``, needs >= 3 classes untargeted and
+    >= 4 targeted).  Returns the first adversarial iterate, else the highest-loss one.
+    """
+
+    name = "apgd"
+    targeted_ok = True
+
+    def __init__(
+        self,
+        *,
+        loss: str = "ce",
+        steps: int = 100,
+        restarts: int = 1,
+        norm: str = "linf",
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.loss = choice(loss, LOSSES, name="loss", attack=self.name)
+        self.name = f"apgd-{self.loss}"
+        self.steps = positive_int(steps, name="steps", attack=self.name)
+        self.restarts = positive_int(restarts, name="restarts", attack=self.name)
+        self.norm = choice(norm, ("linf", "l2"), name="norm", attack=self.name)
+        self.threat = self.norm
+        self.rho = positive_float(rho, name="rho", attack=self.name)
+        self.momentum = positive_float(momentum, name="momentum", attack=self.name,
+                                       allow_zero=True)
+        self.rng = Rng(seed)
+        self.params = {
+            "loss": self.loss,
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "norm": self.norm,
+            "rho": self.rho,
+            "momentum": self.momentum,
+            "seed": seed,
+        }
+
+    def perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, eps: float | None,
+        target: Tensor | None = None,
+    ) -> Tensor:
+        x, y, target = self._batch(x, y, target)
+        radius = check_eps(eps, attack=self.name)
+        if radius == 0 or x.shape[0] == 0:
+            return x.clone()
+        out = x.clone()
+        remaining = torch.arange(x.shape[0], device=x.device)
+        for _ in range(self.restarts):
+            if remaining.numel() == 0:
+                break
+            adv, fooled = self._run(model, x[remaining], y[remaining],
+                                    _take(target, remaining), radius)
+            out[remaining] = adv
+            remaining = remaining[~fooled]
+        return out
+
+    def _start(self, x: Tensor, eps: float) -> Tensor:
+        """AutoAttack's start: a random direction scaled to norm eps, clipped to [0, 1]."""
+        if self.norm == "linf":
+            t = 2.0 * self.rng.rand(x.shape, x) - 1.0
+            scale = flat(t).abs().amax(dim=1).clamp_min(1e-12)
+        else:
+            t = self.rng.randn(x.shape, x)
+            scale = flat(t).norm(dim=1).clamp_min(1e-12)
+        return (x + eps * t / per_sample(scale)).clamp(0.0, 1.0)
+
+    def _direction(self, grad: Tensor) -> Tensor:
+        return grad.sign() if self.norm == "linf" else normalized(grad, "l2")
+
+    def _run(
+        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, eps: float
+    ) -> tuple[Tensor, Tensor]:
+        loss_fn = loss_function(self.loss)
+        n_iter = self.steps
+        window = max(int(0.22 * n_iter), 1)
+        window_min = max(int(0.06 * n_iter), 1)
+        window_decr = max(int(0.03 * n_iter), 1)
+
+        out = x.clone()
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        x_adv = self._start(x, eps)
+        logits, loss, grad = logits_and_grad(model, x_adv, y, target, loss_fn)
+        s: dict[str, Tensor] = {
+            "idx": torch.arange(x.shape[0], device=x.device),
+            "x": x, "y": y, "x_adv": x_adv, "x_old": x_adv.clone(), "grad": grad,
+            "x_best": x_adv.clone(), "grad_best": grad.clone(), "loss_best": loss.clone(),
+            "prev_loss": loss.clone(), "n_incr": torch.zeros_like(loss),
+            "loss_best_last": loss.clone(),
+            "reduced_last": torch.ones_like(loss, dtype=torch.bool),
+            "step": torch.full_like(loss, 2.0 * eps),
+        }
+        if target is not None:
+            s["target"] = target
+
+        def drop(is_adv: Tensor) -> dict[str, Tensor]:
+            out[s["idx"][is_adv]] = s["x_adv"][is_adv]
+            fooled[s["idx"][is_adv]] = True
+            keep = ~is_adv
+            return {key: value[keep] for key, value in s.items()}
+
+        s = drop(success(logits, y, target))
+        counter = 0
+        for i in range(n_iter):
+            if s["idx"].numel() == 0:
+                break
+            a = self.momentum if i > 0 else 1.0
+            x_adv, x_c = s["x_adv"], s["x"]
+            step = per_sample(s["step"])
+            grad2 = x_adv - s["x_old"]
+            s["x_old"] = x_adv
+            z = project(x_adv + step * self._direction(s["grad"]), x_c, eps, self.norm)
+            z = project(x_adv + (z - x_adv) * a + grad2 * (1.0 - a), x_c, eps, self.norm)
+            tgt = s.get("target")
+            logits, loss, grad = logits_and_grad(model, z, s["y"], tgt, loss_fn)
+            s["x_adv"], s["grad"] = z, grad
+            improved = loss > s["loss_best"]
+            s["x_best"] = torch.where(per_sample(improved), z, s["x_best"])
+            s["grad_best"] = torch.where(per_sample(improved), grad, s["grad_best"])
+            s["loss_best"] = torch.where(improved, loss, s["loss_best"])
+            s["n_incr"] = s["n_incr"] + (loss > s["prev_loss"]).to(loss.dtype)
+            s["prev_loss"] = loss
+            s = drop(success(logits, s["y"], tgt))
+
+            counter += 1
+            if counter == window:
+                oscillating = s["n_incr"] <= window * self.rho
+                stalled = (~s["reduced_last"]) & (s["loss_best_last"] >= s["loss_best"])
+                reduce = oscillating | stalled
+                s["reduced_last"] = reduce
+                s["loss_best_last"] = s["loss_best"].clone()
+                s["step"] = torch.where(reduce, s["step"] / 2.0, s["step"])
+                s["x_adv"] = torch.where(per_sample(reduce), s["x_best"], s["x_adv"])
+                s["grad"] = torch.where(per_sample(reduce), s["grad_best"], s["grad"])
+                s["n_incr"] = torch.zeros_like(s["n_incr"])
+                counter = 0
+                window = max(window - window_decr, window_min)
+        out[s["idx"]] = s["x_best"]
+        return out, fooled

@@ -1,0 +1,105 @@
+"""robench's native attacks, registered through the ``robench`` entry-point group.
+
+Gradient attacks (``fgsm``, ``pgd``, ``pgd-l2``, ``pgd-l1``, ``apgd-ce``, ``apgd-dlr``),
+minimal-norm attacks (``deepfool``, ``cw-l2``), black-box ``square``, the ``noise``
+baseline, and common corruptions (``gaussian-noise``, ``gaussian-blur``, ``contrast``,
+``brightness``, ``jpeg``; eps = severity 1..5).  All are batched, pure PyTorch, pixel space
+[0, 1], and stop working on a sample once it is adversarial.  Each factory takes
+keyword-only parameters (see the classes' docstrings for what they mean and why the
+defaults are what they are); the built object exposes ``params``, ``threat`` and ``kind``.
+"""
+
+from __future__ import annotations
+
+import robench
+from robench_attacks.blackbox import Noise, Square
+from robench_attacks.corruptions import CORRUPTIONS
+from robench_attacks.gradient import APGD, FGSM, PGD, PGDL1, PGDL2
+from robench_attacks.minimal import CarliniWagnerL2, DeepFool
+
+
+def apgd_ce(
+    *,
+    steps: int = 100,
+    restarts: int = 1,
+    norm: str = "linf",
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    seed: int | None = None,
+) -> APGD:
+    """APGD on the cross-entropy loss (AutoAttack's first attack)."""
+    return APGD(loss="ce", steps=steps, restarts=restarts, norm=norm, rho=rho,
+                momentum=momentum, seed=seed)
+
+
+def apgd_dlr(
+    *,
+    steps: int = 100,
+    restarts: int = 1,
+    norm: str = "linf",
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    seed: int | None = None,
+) -> APGD:
+    """APGD on the DLR loss, invariant to logit shift and scale (needs >= 3 classes)."""
+    return APGD(loss="dlr", steps=steps, restarts=restarts, norm=norm, rho=rho,
+                momentum=momentum, seed=seed)
+
+
+def _specs() -> list[robench.AttackSpec]:
+    specs = [
+        robench.AttackSpec(
+            name="fgsm", factory=FGSM, threat="linf", kind="bounded", targeted=True,
+            description="Fast Gradient Sign Method: one signed-gradient step of size eps.",
+        ),
+        robench.AttackSpec(
+            name="pgd", factory=PGD, threat="linf", kind="bounded", targeted=True,
+            description="Linf PGD (Madry): 20 steps of 2.5*eps/steps, random start, CE loss.",
+        ),
+        robench.AttackSpec(
+            name="pgd-l2", factory=PGDL2, threat="l2", kind="bounded", targeted=True,
+            description="L2 PGD: 20 normalised-gradient steps of 2.5*eps/steps, random start.",
+        ),
+        robench.AttackSpec(
+            name="pgd-l1", factory=PGDL1, threat="l1", kind="bounded", targeted=True,
+            description="L1 PGD as SLIDE: sparse top-1% gradient steps, exact L1 projection.",
+        ),
+        robench.AttackSpec(
+            name="apgd-ce", factory=apgd_ce, threat="linf", kind="bounded", targeted=True,
+            description="Auto-PGD (AutoAttack) on CE: 100 steps, step-size halving, momentum.",
+        ),
+        robench.AttackSpec(
+            name="apgd-dlr", factory=apgd_dlr, threat="linf", kind="bounded", targeted=True,
+            description="Auto-PGD on the scale-invariant DLR loss; needs >= 3 classes.",
+        ),
+        robench.AttackSpec(
+            name="deepfool", factory=DeepFool, threat="l2", kind="minimal",
+            description="DeepFool L2 minimal adversarials: 50 steps, overshoot 0.02.",
+        ),
+        robench.AttackSpec(
+            name="cw-l2", factory=CarliniWagnerL2, threat="l2", kind="minimal", targeted=True,
+            description="Carlini-Wagner L2 minimal adversarials: 6 binary-search rounds x 100 "
+                        "Adam steps.",
+        ),
+        robench.AttackSpec(
+            name="square", factory=Square, threat="linf", kind="bounded", black_box=True,
+            targeted=True,
+            description="Square attack, score-based black-box Linf: 5000 queries, p_init 0.8.",
+        ),
+        robench.AttackSpec(
+            name="noise", factory=Noise, threat="linf", kind="bounded", black_box=True,
+            description="Uniform noise in the Linf ball, best of 10 draws: the baseline.",
+        ),
+    ]
+    for corruption in CORRUPTIONS:
+        specs.append(robench.AttackSpec(
+            name=corruption.name, factory=corruption, threat="corruption", kind="bounded",
+            description=f"Common corruption, eps = severity 1..5. {corruption.summary}",
+        ))
+    return specs
+
+
+@robench.hookimpl
+def robench_register_attacks() -> list[robench.AttackSpec]:
+    """The native attacks and corruptions."""
+    return _specs()

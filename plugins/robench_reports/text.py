@@ -1,0 +1,183 @@
+"""The plain-text reporters: ``csv``, ``md`` and ``json``.
+
+Each is a small class whose constructor takes the reporter's parameters (the config's
+``[reporter.NAME]`` table) and whose ``write`` builds the leaderboard with
+:func:`robench.leaderboard.build_leaderboard`, so all formats rank identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robench.io import atomic_write_text
+from robench.leaderboard import HEADLINE_DOC, build_leaderboard, choose_headline
+from robench.results import COLUMNS
+from robench_reports.formatting import (
+    check_stem,
+    md_escape,
+    number,
+    pct,
+    pct_ci,
+    provenance_lines,
+    records,
+    signed_pp,
+    to_json,
+)
+
+
+def run_title(results: pd.DataFrame, context: Mapping[str, Any]) -> str:
+    """The run's name for headings: the context's, else the runs in the table."""
+    name = context.get("name")
+    if name:
+        return str(name)
+    if "run" in results and len(results):
+        runs = [r for r in dict.fromkeys(results["run"].astype(str)) if r]
+        if runs:
+            return ", ".join(runs)
+    return "robench run"
+
+
+class CsvReporter:
+    """``leaderboard.csv``: the full leaderboard table, every column, full precision."""
+
+    def __init__(self, *, stem: str = "leaderboard") -> None:
+        self.stem = check_stem(stem)
+
+    def write(self, results: pd.DataFrame, run_dir: Path, context: dict[str, Any]) -> list[Path]:
+        board = build_leaderboard(results)
+        path = Path(run_dir) / f"{self.stem}.csv"
+        return [atomic_write_text(path, board.to_csv(index=False))]
+
+
+class JsonReporter:
+    """``results.json`` and ``leaderboard.json``: the tables plus provenance, for tools.
+
+    Unlike the CSVs these carry the run's name, config and provenance in the same file, so
+    a JSON consumer (a website, a notebook) needs nothing else.  NaN becomes null.
+    """
+
+    def __init__(self, *, stem: str = "leaderboard", results_stem: str = "results") -> None:
+        self.stem = check_stem(stem)
+        self.results_stem = check_stem(results_stem, what="results_stem")
+
+    def write(self, results: pd.DataFrame, run_dir: Path, context: dict[str, Any]) -> list[Path]:
+        run_dir = Path(run_dir)
+        board = build_leaderboard(results)
+        headline = choose_headline(results)
+        head = {
+            "name": run_title(results, context),
+            "provenance": context.get("provenance") or {},
+            "config": context.get("config") or {},
+        }
+        results_doc = {
+            **head,
+            "columns": {c: {"dtype": d, "meaning": m} for c, (d, m) in COLUMNS.items()},
+            "results": records(results),
+        }
+        board_doc = {
+            **head,
+            "headline": {
+                "threat": headline.threat,
+                "eps": headline.eps,
+                "eps_label": headline.eps_label,
+                "column": headline.column,
+                "metric": headline.describe(),
+                "definition": HEADLINE_DOC,
+            },
+            "columns": list(board.columns),
+            "leaderboard": records(board),
+        }
+        return [
+            atomic_write_text(run_dir / f"{self.results_stem}.json", to_json(results_doc)),
+            atomic_write_text(run_dir / f"{self.stem}.json", to_json(board_doc)),
+        ]
+
+
+def _md_table(header: list[str], rows: list[list[str]], *, right: set[int]) -> list[str]:
+    """A GitHub-flavoured Markdown table; cells must already be escaped."""
+    align = ["---:" if i in right else "---" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+class MarkdownReporter:
+    """``leaderboard.md``: the ranking for a README or a pull request, readable as text.
+
+    One main table (rank, model, test set, clean and headline accuracy with 95% intervals,
+    AUC per threat, domain gap, adaptation gain, flags, status), then robust accuracy at
+    every eps, then the run's provenance.  Every cell is escaped with :func:`md_escape`.
+    """
+
+    def __init__(self, *, stem: str = "leaderboard") -> None:
+        self.stem = check_stem(stem)
+
+    def render(self, results: pd.DataFrame, context: dict[str, Any]) -> str:
+        board = build_leaderboard(results)
+        headline = choose_headline(results)
+        title = run_title(results, context)
+        lines = [f"# robench leaderboard: {md_escape(title)}", ""]
+        lines += [f"**Headline metric: {md_escape(headline.describe())}.** "
+                  f"{md_escape(HEADLINE_DOC)}", ""]
+        if board.empty:
+            lines += ["_No results._", ""]
+        else:
+            auc_cols = [c for c in board.columns if c.startswith("auc[")]
+            robust_cols = [c for c in board.columns if c.startswith("robust[")]
+            multi_run = board["run"].nunique() > 1
+            at = f"{md_escape(headline.threat)} {md_escape(headline.eps_label)}"
+            header = ["rank", "model", "dataset", "domain", "n", "clean % [95% CI]",
+                      f"robust % @ {at} [95% CI]" if headline.threat != "none"
+                      else "headline: clean %"]
+            header += [md_escape(c) + " %" for c in auc_cols]
+            header += ["domain gap clean / robust (pp)", "adaptation gain clean / robust (pp)",
+                       "flags", "status"]
+            if multi_run:
+                header.append("run")
+            rows = []
+            for row in board.to_dict("records"):
+                cells = [
+                    str(row["rank"]), md_escape(row["model"]), md_escape(row["dataset"]),
+                    md_escape(row["domain"]), number(row["n"]),
+                    pct_ci(row["clean_acc"], row["clean_ci_low"], row["clean_ci_high"]),
+                    pct_ci(row["headline_acc"], row["headline_ci_low"],
+                           row["headline_ci_high"]),
+                ]
+                cells += [pct(row[c]) for c in auc_cols]
+                cells += [
+                    f"{signed_pp(row['gap_clean'])} / {signed_pp(row['gap_robust'])}",
+                    f"{signed_pp(row['adapt_gain_clean'])} / "
+                    f"{signed_pp(row['adapt_gain_robust'])}",
+                    md_escape(row["flags"].replace(";", ", ")) or "–",
+                    md_escape(row["status"]),
+                ]
+                if multi_run:
+                    cells.append(md_escape(row["run"]))
+                rows.append(cells)
+            lines += _md_table(header, rows, right={0, 4, 5, 6, *range(7, 9 + len(auc_cols))})
+            lines.append("")
+            if robust_cols:
+                lines += ["## Robust accuracy per threat and eps (%)", ""]
+                header = ["model", "domain", *(md_escape(c) for c in robust_cols)]
+                rows = [[md_escape(r["model"]), md_escape(r["domain"]),
+                         *(pct(r[c]) for c in robust_cols)] for r in board.to_dict("records")]
+                lines += _md_table(header, rows, right=set(range(2, len(header))))
+                lines.append("")
+            lines += ["Columns: accuracies in percent; pp = percentage points. Domain gap = "
+                      "source minus target of the same model; adaptation gain = this model "
+                      "minus the same backbone and head trained without an adaptor. The full "
+                      "table is in leaderboard.csv.", ""]
+        provenance = provenance_lines(context.get("provenance"))
+        if provenance:
+            lines += ["## Provenance", ""]
+            lines += [f"- **{md_escape(key)}**: {md_escape(text)}" for key, text in provenance]
+            lines.append("")
+        return "\n".join(lines)
+
+    def write(self, results: pd.DataFrame, run_dir: Path, context: dict[str, Any]) -> list[Path]:
+        path = Path(run_dir) / f"{self.stem}.md"
+        return [atomic_write_text(path, self.render(results, context))]
