@@ -4,6 +4,7 @@ change that?  This module is the public API; plugins import only from here."""
 from robench.errors import PluginError, RobenchError, UnknownNameError, UsageError
 from robench.hookspecs import hookimpl, hookspec
 from robench.host import PluginHost, build_plugin_manager
+from robench.jobs import Job, JobOutcome
 from robench.specs import (
     THREATS,
     AdaptorSpec,
@@ -33,6 +34,8 @@ __all__ = [
     "ExecutorSpec",
     "GridConfig",
     "HeadSpec",
+    "Job",
+    "JobOutcome",
     "PluginError",
     "PluginHost",
     "ReporterSpec",

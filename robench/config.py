@@ -268,6 +268,9 @@ def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> Gri
                 eps[str(threat)] = [str(v) for v in values]
             config.eps = eps
         elif key in ("limit",):
+            if isinstance(value, bool):
+                raise UsageError(f"Config key 'limit' must be an integer >= 1 or 'all', "
+                                 f"got {value!r}.")
             config.limit = None if value in (0, "0", "all") else _int(value, key, minimum=1)
         elif key in ("epochs", "batch_size", "eval_batch_size"):
             setattr(config, key, _int(value, key, minimum=1 if key != "epochs" else 0))
@@ -276,7 +279,9 @@ def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> Gri
         elif key in ("lr", "weight_decay"):
             setattr(config, key, _float(value, key))
         elif key == "fresh":
-            config.fresh = bool(value)
+            if not isinstance(value, bool):
+                raise UsageError(f"Config key 'fresh' must be true or false, got {value!r}.")
+            config.fresh = value
         elif key == "device":
             device = str(value).lower()
             if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):

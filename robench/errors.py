@@ -32,8 +32,11 @@ class UnknownNameError(UsageError):
             close = [k for k in known if name.lower() in k.lower()][:3]
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         shown = ", ".join(known[:25]) + (", ..." if len(known) > 25 else "")
+        listing = f" Installed {kind}s: {shown}." if shown and not close else ""
+        if not known:
+            listing = " No installed name is close to it."
         super().__init__(
-            f"Unknown {kind} {name!r}.{hint} Installed {kind}s: {shown or '(none)'}. "
+            f"Unknown {kind} {name!r}.{hint}{listing} "
             f"Run `robench plugins --kind {kind}` to list them with descriptions."
         )
         self.kind = kind

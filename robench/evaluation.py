@@ -174,12 +174,17 @@ def run_attack_cascade(
     kind: str,
     eps_list: list[float],
     target: torch.Tensor | None = None,
+    attackable: torch.Tensor | None = None,
     batch_size: int = 256,
     seed: int = 0,
     keep_examples: int = 0,
     on_batch: Callable[[], None] | None = None,
 ) -> list[EpsOutcome]:
-    """Attack the correctly classified samples over ``eps_list`` (ascending)."""
+    """Attack the correctly classified samples over ``eps_list`` (ascending).
+
+    ``attackable`` (bool mask) excludes samples the attack cannot act on (for a targeted
+    attack, those whose label is the target): they keep their clean outcome.
+    """
     counting = CountingModel(model)
     eps_list = sorted(eps_list)
     outcomes: list[EpsOutcome] = []
@@ -187,7 +192,7 @@ def run_attack_cascade(
     if kind == "minimal":
         counting.reset()
         start = time.perf_counter()
-        idx = robust.nonzero().flatten()
+        idx = (robust if attackable is None else robust & attackable).nonzero().flatten()
         norms = torch.full((len(y),), float("inf"), device=x.device)
         fooled_any = torch.zeros_like(robust)
         invalid = 0
@@ -211,10 +216,10 @@ def run_attack_cascade(
         for i, eps in enumerate(eps_list):
             fooled = fooled_any & (norms <= eps + EPS_TOLERANCE * max(1.0, eps))
             outcomes.append(EpsOutcome(
-                eps=eps, robust=clean_correct & ~fooled, n_invalid=invalid if i == 0 else 0,
+                eps=eps, robust=clean_correct & ~fooled, n_invalid=invalid,
                 grad_evals=counting.grad_evals if i == 0 else 0,
                 queries=counting.queries if i == 0 else 0,
-                seconds=seconds if i == 0 else 0.0, reasons=reasons if i == 0 else Counter(),
+                seconds=seconds if i == 0 else 0.0, reasons=reasons,
                 adversarial={j: a for j, a in examples.items() if norms[j] <= eps} if i == len(
                     eps_list) - 1 else {},
             ))
@@ -226,7 +231,7 @@ def run_attack_cascade(
         invalid = 0
         reasons = Counter()
         examples = {}
-        idx = robust.nonzero().flatten()
+        idx = (robust if attackable is None else robust & attackable).nonzero().flatten()
         torch.manual_seed(seed * 1000 + k)
         for chunk in idx.split(batch_size):
             tgt = target[chunk] if target is not None else None

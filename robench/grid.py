@@ -270,7 +270,8 @@ def clean_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset: 
                             seed=cfg.seed, device=device) if with_class_images else None
     return {
         "n": len(y), "clean_acc": int(correct.sum()) / len(y), "correct": _pack(correct),
-        "seconds": seconds, "diagnostics": diag, "class_images": _to_uint8(pictures) if pictures is not None else [],
+        "seconds": seconds, "diagnostics": diag,
+        "class_images": _to_uint8(pictures) if pictures is not None else [],
         "num_classes": bundle.num_classes,
     }
 
@@ -292,10 +293,13 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
     logits = logits_of(model, x, batch_size=cfg.eval_batch_size)
     correct = logits.argmax(1) == y
     target = None
+    attackable = None
     if target_mode is not None:
         target = make_targets(target_mode, y, logits, num_classes=bundle.num_classes,
                               seed=cfg.seed)
-        correct &= target != y  # a sample already of the target class cannot be attacked
+        # a sample whose label is the target cannot be pushed "into" it: it is not attacked
+        # and keeps its clean outcome
+        attackable = target != y
     eps_list = cfg.eps_values(threat)
     batches = max(1, -(-int(correct.sum()) // cfg.eval_batch_size)) * (
         1 if kind == "minimal" else len(eps_list))
@@ -307,7 +311,7 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
 
     outcomes = run_attack_cascade(
         attack_obj, model, x, y, correct, threat=threat, kind=kind, eps_list=eps_list,
-        target=target, batch_size=cfg.eval_batch_size, seed=cfg.seed,
+        target=target, attackable=attackable, batch_size=cfg.eval_batch_size, seed=cfg.seed,
         keep_examples=EXAMPLES_PER_ATTACK, on_batch=tick,
     )
     examples: dict[str, Any] = {}
@@ -469,8 +473,11 @@ class Grid:
         return task_key({
             "task": "attack", "model": train_key, "domain": domain, "dataset": dataset,
             "attack": attack, "params": cfg.plugin_params("attack", attack),
-            "eps": {t: cfg.eps_values(t) for t in sorted({threat, *cfg.eps})},
+            # a namespace (foolbox:*) learns its threat from the built attack: key on all eps
+            "eps": {t: cfg.eps_values(t) for t in (
+                sorted({threat, *cfg.eps}) if spec.is_namespace else [threat])},
             "limit": cfg.limit, "seed": cfg.seed, "robench": robench.__version__,
+            "eval_batch_size": cfg.eval_batch_size,
         })
 
     def _clean_key(self, train_key: str, domain: str, dataset: str) -> str:
@@ -583,9 +590,10 @@ class Grid:
                         error = (payload or {}).get("error") or trained.get("error") or \
                             "not run"
                         threat = spec.threat
+                        eps_names = {v: k for k, v in _eps_labels(cfg, threat).items()}
                         for eps in cfg.eps_values(threat):
                             rows.append({**row0, "threat": threat, "attack_kind": spec.kind,
-                                         "eps": eps, "eps_label": f"{eps:g}",
+                                         "eps": eps, "eps_label": eps_names.get(eps, f"{eps:g}"),
                                          "clean_acc": (clean or {}).get("clean_acc"),
                                          "status": "failed", "error": error,
                                          "n": (clean or {}).get("n", 0)})
@@ -775,8 +783,12 @@ class _ProgressDisplay:
     def advance(self, label: str, ok: bool) -> None:
         if self.enabled:
             self.bar.advance(self.main)
+            self.done = getattr(self, "done", 0) + 1
             if not ok:
                 self.bar.console.print(f"[red]failed[/red]: {label}")
+            elif not self.bar.console.is_terminal:  # logs and CI get one line per job
+                self.bar.console.print(f"{self.phase} {self.done}/{self.total}: {label}",
+                                       markup=False, highlight=False)
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:

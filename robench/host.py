@@ -73,7 +73,12 @@ def build_plugin_manager(
         if pm.is_blocked(name):
             continue
         pm.register(plugin, name=name)
-    pm.check_pending()
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(
+            f"{exc} (robench hooks are: {', '.join(HOOK_KINDS.values())})."
+        ) from None
     return pm
 
 
