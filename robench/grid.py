@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from robench.evaluation import (
 from robench.flags import add_flags
 from robench.host import PluginHost, check_params
 from robench.io import atomic_write_text
+from robench.memory import run_with_backoff
 from robench.models import RobenchModel, count_parameters, freeze
 from robench.results import coerce_results
 from robench.specs import as_tensors
@@ -197,12 +198,20 @@ def train_job(*, run_dir: str, config: dict[str, Any], plan: dict[str, Any], key
         target_images, _ = as_tensors(_bundle(config, cfg.target).train)
     settings = TrainSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                              weight_decay=cfg.weight_decay, seed=cfg.seed)
-    report = train_model(
-        model, as_tensors(source.train), settings=settings, adaptor=adaptor,
-        target_images=target_images, device=device,
-        on_step=lambda done, total: jobs_mod.report_progress(
-            f"train {model_plan.name}", done, total),
-    )
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    initial_adaptor = {k: v.clone() for k, v in adaptor.state_dict().items()}
+
+    def train(batch_size: int):
+        model.load_state_dict(initial)  # a retry starts from the same initial weights
+        adaptor.load_state_dict(initial_adaptor)
+        return train_model(
+            model, as_tensors(source.train), settings=replace(settings, batch_size=batch_size),
+            adaptor=adaptor, target_images=target_images, device=device,
+            on_step=lambda done, total: jobs_mod.report_progress(
+                f"train {model_plan.name}", done, total),
+        )
+
+    report, batch_used = run_with_backoff(train, settings.batch_size)
     from safetensors.torch import save_file
 
     models_dir = Path(run_dir) / "models"
@@ -219,6 +228,7 @@ def train_job(*, run_dir: str, config: dict[str, Any], plan: dict[str, Any], key
         "model_file": f"models/{key}.safetensors", "train_seconds": report.seconds,
         "params": count_parameters(model), "train_acc": report.train_acc,
         "final_loss": report.final_loss, "steps": report.steps, "metrics": report.metrics,
+        "batch_size": batch_used,
     }
 
 
@@ -309,10 +319,12 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
         done[0] += 1
         jobs_mod.report_progress(f"{attack} on {meta['plan']['name']}", done[0], batches)
 
-    outcomes = run_attack_cascade(
-        attack_obj, model, x, y, correct, threat=threat, kind=kind, eps_list=eps_list,
-        target=target, attackable=attackable, batch_size=cfg.eval_batch_size, seed=cfg.seed,
-        keep_examples=EXAMPLES_PER_ATTACK, on_batch=tick,
+    outcomes, batch_used = run_with_backoff(
+        lambda size: run_attack_cascade(
+            attack_obj, model, x, y, correct, threat=threat, kind=kind, eps_list=eps_list,
+            target=target, attackable=attackable, batch_size=size, seed=cfg.seed,
+            keep_examples=EXAMPLES_PER_ATTACK, on_batch=tick),
+        cfg.eval_batch_size,
     )
     examples: dict[str, Any] = {}
     for outcome in outcomes:
@@ -325,7 +337,7 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
         "targeted": target_mode is not None, "target": str(target_mode or ""),
         "n": len(y), "clean_acc": int((logits.argmax(1) == y).sum()) / len(y),
         "attack_params": getattr(attack_obj, "params", params),
-        "examples": examples,
+        "examples": examples, "batch_size": batch_used,
         "outcomes": [{
             "eps": o.eps, "eps_label": labels.get(str(o.eps), f"{o.eps:g}"),
             "robust": _pack(o.robust), "robust_acc": int(o.robust.sum()) / len(y),
@@ -448,6 +460,39 @@ class Grid:
                     f"({src.num_classes} classes, {src.image_size}px, {src.in_chans} channels); "
                     f"set image_size/channels in [data.NAME] so that they agree."
                 )
+
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Build the cheap plugins once, so a bad parameter value is exit 2, not a failed task."""
+        cfg = self.config
+        num_classes = self.bundles[cfg.dataset].num_classes
+        for name in cfg.attacks:
+            params = cfg.plugin_params("attack", name)
+            target = params.pop("target", None)
+            if isinstance(target, int) and not isinstance(target, bool) and \
+                    target >= num_classes:
+                raise UsageError(
+                    f"[attack.{name}] target = {target} is not a class of {cfg.dataset!r} "
+                    f"(classes 0..{num_classes - 1})."
+                )
+            self._build_checked("attack", name, params)
+        for name in cfg.heads:
+            self._build_checked("head", name, {**cfg.plugin_params("head", name),
+                                               "num_features": 8, "num_classes": num_classes})
+        for name in cfg.adaptors:
+            self._build_checked("adaptor", name, {**cfg.plugin_params("adaptor", name),
+                                                  "num_features": 8})
+
+    def _build_checked(self, kind: str, name: str, params: dict[str, Any]) -> None:
+        try:
+            self.host.build(kind, name, **params)
+        except UsageError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise UsageError(
+                f"The {kind} {name!r} refused its parameters {params!r}: {exc}."
+            ) from None
 
     # ------------------------------------------------------------------ plans
 
