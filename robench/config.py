@@ -25,7 +25,7 @@ else:  # pragma: no cover
 
 #: eps used for a threat model when neither config nor flags give any
 DEFAULT_EPS: dict[str, tuple[str, ...]] = {
-    "linf": ("2/255", "4/255", "8/255", "16/255"),
+    "linf": ("2/255", "4/255", "8/255"),
     "l2": ("0.25", "0.5", "1", "2"),
     "l1": ("2", "5", "10"),
     "l0": ("5", "10", "20"),
@@ -60,7 +60,7 @@ class GridConfig:
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd", "noise"])
     eps: dict[str, list[str]] = field(default_factory=dict)
     reporters: list[str] = field(default_factory=lambda: ["csv", "md", "html", "json"])
-    limit: int | None = 500
+    limit: int | None = 300
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3

@@ -256,10 +256,8 @@ def _load_trained(run_dir: Path, meta: dict[str, Any], device: str) -> torch.nn.
 
     model = _build_model(plan, _Shape)
     model.load_state_dict(load_file(str(run_dir / "models" / f"{meta['key']}.safetensors")))
-    model = freeze(model).to(device)
-    if device.startswith("cuda"):
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    # channels_last: +11-25% for convolutions on this CPU (DESIGN.md) and more on GPUs
+    return freeze(model).to(device).to(memory_format=torch.channels_last)
 
 
 def clean_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset: str,

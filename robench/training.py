@@ -84,7 +84,7 @@ def train_model(
     prepare = getattr(model.head, "prepare_backbone", None)
     if callable(prepare):
         prepare(model.backbone)
-    model.to(device)
+    model.to(device).to(memory_format=torch.channels_last)
     if adaptor is not None:
         adaptor.to(device)
     groups = _param_groups(model, adaptor, settings.lr)
