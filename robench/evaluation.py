@@ -37,6 +37,7 @@ class CountingModel(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.training = model.training  # report the wrapped model's mode (foolbox checks it)
         self.queries = 0
         self.grad_evals = 0
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import robench
+
+# One intra-op thread: on a 2-core machine that is also running another process, torch's
+# default of 2 threads made small convolutions up to 70x slower (spinning OpenMP workers).
+# Subprocesses started by the tests (the CLI, Ray workers) inherit the variables.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 #: a grid small enough for a test session and big enough to mean something
 SMALL_GRID = {

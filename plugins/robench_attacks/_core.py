@@ -70,7 +70,10 @@ def check_eps(eps: float | None, *, attack: str) -> float:
         raise robench.UsageError(
             f"{attack} is an eps-bounded attack and needs a numeric eps, got None."
         )
-    value = float(eps)
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        value = math.nan
     if not math.isfinite(value) or value < 0:
         raise robench.UsageError(f"{attack}: eps must be a finite number >= 0, got {eps!r}.")
     return value
@@ -78,7 +81,11 @@ def check_eps(eps: float | None, *, attack: str) -> float:
 
 def positive_int(value: Any, *, name: str, attack: str, minimum: int = 1) -> int:
     """Parse an integer parameter, refusing bools, fractions and values below ``minimum``."""
-    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and int(value) >= minimum
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise robench.UsageError(
             f"{attack}: parameter {name} must be an integer >= {minimum}, got {value!r}."
         )
@@ -87,8 +94,12 @@ def positive_int(value: Any, *, name: str, attack: str, minimum: int = 1) -> int
 
 def positive_float(value: Any, *, name: str, attack: str, allow_zero: bool = False) -> float:
     """Parse a float parameter that must be finite and positive (or zero if allowed)."""
-    number = float(value)
-    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0 or (
+            number == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise robench.UsageError(
             f"{attack}: parameter {name} must be a finite number {bound}, got {value!r}."

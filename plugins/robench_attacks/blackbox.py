@@ -25,7 +25,7 @@ from robench_attacks._core import (
     project,
     success,
 )
-from robench_attacks.gradient import NativeAttack
+from robench_attacks.base import NativeAttack
 
 
 class Noise(NativeAttack):
@@ -122,7 +122,7 @@ class Square(NativeAttack):
         """``(margin, loss)``: margin <= 0 means adversarial; the loss is minimised."""
         if target is None:
             margin = -margin_loss(logits, y, None)
-            return margin, margin
+            return margin, margin.clone()
         margin = -margin_loss(logits, y, target)
         return margin, torch.nn.functional.cross_entropy(logits, target, reduction="none")
 

@@ -17,7 +17,7 @@ from torch import nn
 
 import robench
 from robench_attacks._core import Rng, Tensor, positive_int
-from robench_attacks.gradient import NativeAttack
+from robench_attacks.base import NativeAttack
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 

@@ -8,8 +8,6 @@ sample costs no further gradient evaluations.  A sample never fooled gets the la
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -18,7 +16,6 @@ from robench_attacks._core import (
     LOSSES,
     Rng,
     Tensor,
-    check_batch,
     check_eps,
     choice,
     flat,
@@ -33,31 +30,7 @@ from robench_attacks._core import (
     random_in_ball,
     success,
 )
-
-
-class NativeAttack:
-    """Base of the native attacks: name, threat model, kind and reported parameters.
-
-    ``threat`` and ``kind`` mirror the spec; the harness reads them from the object when
-    present, which lets one class serve several threat models.
-    """
-
-    name: str = ""
-    threat: str = "linf"
-    kind: str = "bounded"
-    targeted_ok: bool = False
-
-    def __init__(self) -> None:
-        self.params: dict[str, Any] = {}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        return f"{type(self).__name__}({args})"
-
-    def _batch(
-        self, x: Tensor, y: Tensor, target: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        return check_batch(x, y, target, attack=self.name, targeted_ok=self.targeted_ok)
+from robench_attacks.base import NativeAttack
 
 
 def _take(t: Tensor | None, keep: Tensor) -> Tensor | None:

@@ -25,7 +25,7 @@ from robench_attacks._core import (
     predict,
     success,
 )
-from robench_attacks.gradient import NativeAttack
+from robench_attacks.base import NativeAttack
 
 
 def _keep_within(best: Tensor, x: Tensor, eps: float | None, attack: str) -> Tensor:

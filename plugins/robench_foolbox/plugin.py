@@ -94,7 +94,7 @@ def attack_classes(fb: ModuleType) -> dict[str, type]:
 
 def runnable_names(fb: ModuleType) -> list[str]:
     """Class names that build into an attack (the base class and unsupported ones excluded)."""
-    return sorted(n for n in attack_classes(fb) if n not in NOT_AN_ATTACK)
+    return sorted(n for n in attack_classes(fb) if n not in NOT_AN_ATTACK and n not in UNSUPPORTED)
 
 
 def _threat_of(distance: Any) -> str:
@@ -119,6 +119,26 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
     finally:
         for p in thawed:
             p.requires_grad_(True)
+
+
+class _Calls(nn.Module):
+    """Calls a model without owning it: what foolbox's ``PyTorchModel`` gets to wrap.
+
+    foolbox warns when the module it wraps is in training mode and moves it with ``.to``.  The
+    harness wraps models in counting modules whose own flag may say "training" while every
+    layer is in eval mode; this wrapper reports the mode of the model's leaf layers (the ones
+    whose mode changes behaviour), and, not registering the model as a submodule, makes
+    ``.to`` a no-op on it.  The model's own mode is never touched.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["target"] = model
+        leaves = [m for m in model.modules() if next(m.children(), None) is None]
+        self.training = any(m.training for m in leaves) if leaves else model.training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.__dict__["target"](x)
 
 
 class FoolboxAttack:
@@ -190,8 +210,9 @@ class FoolboxAttack:
         else:
             self.threat = "none"
         self.kind = "bounded" if isinstance(self.attack, base.FixedEpsilonAttack) else "minimal"
+        given = {**DEFAULT_PARAMS.get(name, {}), **params}
         self.params = {"class": self.cls.__name__,
-                       **{k: v for k, v in call.items() if k != "distance"}}
+                       **{k: v for k, v in given.items() if k != "distance"}}
         if distance is not None:
             self.params["distance"] = self.threat
 
@@ -232,7 +253,7 @@ class FoolboxAttack:
             criterion: Any = fb.criteria.TargetedMisclassification(target)
         else:
             criterion = fb.criteria.Misclassification(y)
-        fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
+        fmodel = fb.PyTorchModel(_Calls(model), bounds=(0, 1), device=x.device)
         attack = self.attack
         if isinstance(attack, fb.attacks.DatasetAttack):
             attack = self.cls(distance=attack.distance)  # a fresh pool per batch
@@ -261,13 +282,21 @@ class FoolboxAttack:
         return f"{self.name} failed: {type(exc).__name__}: {message}"
 
 
+def check_foolbox_name(name: str) -> None:
+    """Refuse an unknown foolbox class before the grid starts (suggesting close names)."""
+    fb = import_foolbox()
+    if name not in attack_classes(fb):
+        known = [f"foolbox:{n}" for n in runnable_names(fb)]
+        raise robench.UnknownNameError("attack", f"foolbox:{name}", known)
+
+
 @robench.hookimpl
 def robench_register_attacks() -> list[robench.AttackSpec]:
     """The ``foolbox:*`` namespace (listed even without foolbox; it fails when built)."""
     return [
         robench.AttackSpec(
             name="foolbox:*", factory=FoolboxAttack, threat="linf", kind="bounded",
-            targeted=True,
+            targeted=True, validate_name=check_foolbox_name,
             description="Any foolbox 3 attack class, e.g. foolbox:LinfPGD; threat and kind "
                         "follow the class; targeted where the class supports it.",
         )

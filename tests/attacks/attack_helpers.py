@@ -1,4 +1,4 @@
-"""Helpers shared by the attack tests: robust accuracy, cost counting, contract checks."""
+"""Helpers shared by the attack tests: the model, robust accuracy, cost counting, checks."""
 
 from __future__ import annotations
 
@@ -68,3 +68,32 @@ def assert_valid(
         worst = float(norms(x_adv - x, threat).max())
         assert worst <= eps + EPS_TOLERANCE * max(1.0, eps), (
             f"{threat} norm {worst} exceeds eps {eps}")
+
+
+class Normalize(nn.Module):
+    """Per-channel normalisation inside the model, as the harness builds it."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.full((1, 3, 1, 1), mean))
+        self.register_buffer("std", torch.full((1, 3, 1, 1), std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def small_cnn(num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(
+        Normalize(0.3, 0.4),
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, num_classes),
+    )
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+        p.grad = None  # training leaves the last batch's gradients behind
+    return model

@@ -11,44 +11,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import robench_attacks.plugin
 import torch
 import torch.nn.functional as F
+from attack_helpers import freeze, small_cnn
 from torch import nn
 
 import robench
-import robench_attacks.plugin
 
 IMAGE_SIZE = 16
 N_EVAL = 160
-
-
-class Normalize(nn.Module):
-    """Per-channel normalisation inside the model, as the harness builds it."""
-
-    def __init__(self, mean: float, std: float) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.full((1, 3, 1, 1), mean))
-        self.register_buffer("std", torch.full((1, 3, 1, 1), std))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-def small_cnn(num_classes: int = 10) -> nn.Module:
-    return nn.Sequential(
-        Normalize(0.3, 0.4),
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, num_classes),
-    )
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-        p.grad = None  # training leaves the last batch's gradients behind
-    return model
 
 
 @dataclass

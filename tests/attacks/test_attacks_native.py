@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from attack_helpers import Counting, accuracy, assert_valid, hit_rate, norms
+from attack_helpers import Counting, accuracy, assert_valid, hit_rate, norms, small_cnn
 from torch import nn
 
 import robench
@@ -99,6 +99,10 @@ def test_contract_box_ball_inputs_and_parameters(host: robench.PluginHost, digit
     if spec.kind == "bounded":
         zero = attack.perturb(digits.model, x, y, 0)
         assert torch.equal(zero, x)
+    single = attack.perturb(digits.model, x[:1], y[:1], eps)  # a batch of one
+    assert_valid(x[:1], single, threat=spec.threat, eps=eps)
+    empty = attack.perturb(digits.model, x[:0], y[:0], eps)  # and of none
+    assert empty.shape == x[:0].shape
 
 
 @pytest.mark.parametrize("name", ["deepfool", "noise", "gaussian-blur"])
@@ -127,8 +131,6 @@ def test_works_under_no_grad_and_is_reproducible_with_seed(host: robench.PluginH
 
 def test_parameters_left_trainable_get_no_grad(host: robench.PluginHost, digits: Any) -> None:
     """Input gradients only: even an unfrozen model gets no ``.grad`` from an attack."""
-    from conftest import small_cnn
-
     model = small_cnn().eval()
     model.load_state_dict(digits.model.state_dict())
     for name in ("fgsm", "pgd", "apgd-ce", "deepfool", "cw-l2"):
@@ -249,6 +251,7 @@ def test_square_is_black_box_and_beats_noise(host: robench.PluginHost, digits: A
 # --------------------------------------------------------------------------- targeted
 
 
+@pytest.mark.slow
 def test_targeted_success_rates(host: robench.PluginHost, digits: Any,
                                 record_property: Any) -> None:
     """Targeted success at a large budget; PGD and APGD must nearly always hit the target."""
@@ -279,6 +282,7 @@ def test_targeted_success_rates(host: robench.PluginHost, digits: Any,
 # --------------------------------------------------------------------------- minimal norm
 
 
+@pytest.mark.slow
 def test_minimal_norm_curves(host: robench.PluginHost, digits: Any) -> None:
     """DeepFool and CW-L2: monotone curves, and smaller norms than PGD-L2 at equal success."""
     x, y, model = digits.x[:80], digits.y[:80], digits.model
