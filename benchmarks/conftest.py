@@ -105,3 +105,33 @@ def digits_setting() -> Setting:
     assert correct.float().mean() > 0.85, "the benchmark's digits CNN failed to train"
     x, y = test_x[correct][: 2 * BATCH], test_y[correct][: 2 * BATCH]
     return Setting("digits-cnn-eps0.08", model, x, y, eps=0.08)
+
+
+@pytest.fixture(scope="session")
+def undefended_setting() -> Setting:
+    """timm's ``test_resnet`` trained briefly on digits at 32 px: an ordinary undefended model,
+    most of whose samples fall at a small eps (the common case on a leaderboard)."""
+    timm = pytest.importorskip("timm")
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0
+    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+    images = images.clamp(0, 1).repeat(1, 3, 1, 1)
+    labels = torch.tensor(data.target)
+    model = nn.Sequential(_Normalize(), timm.create_model("test_resnet", num_classes=10))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    train_x, train_y = images[:1400], labels[:1400]
+    for _ in range(3):
+        for batch in torch.randperm(len(train_x)).split(64):
+            optimizer.zero_grad()
+            F.cross_entropy(model(train_x[batch]), train_y[batch]).backward()
+            optimizer.step()
+    _freeze(model)
+    test_x, test_y = images[1400:], labels[1400:]
+    with torch.no_grad():
+        correct = model(test_x).argmax(1) == test_y
+    assert correct.float().mean() > 0.85, "the benchmark's test_resnet failed to train"
+    x, y = test_x[correct][: 2 * BATCH], test_y[correct][: 2 * BATCH]
+    return Setting("undefended-test_resnet", model, x, y, eps=0.03)
