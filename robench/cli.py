@@ -50,7 +50,9 @@ def grid(
     epochs: Annotated[str | None, typer.Option(help="training epochs")] = None,
     seed: Annotated[str | None, typer.Option(help="seed for everything")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N")] = None,
-    executor: Annotated[str | None, typer.Option(help="local or ray")] = None,
+    executor: Annotated[str | None, typer.Option(help="executor name: local or ray")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="Ray cluster address (implies --executor ray), e.g. auto")] = None,
     name: Annotated[str | None, typer.Option(help="run name (folder and title)")] = None,
     out_dir: Annotated[str | None, typer.Option("--out", help="output folder")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="ignore stored results")] = False,
@@ -62,6 +64,14 @@ def grid(
 
     try:
         data = load_toml(config) if config is not None else {}
+        if ray_address is not None:
+            if executor not in (None, "ray"):
+                raise UsageError(f"--ray-address runs the grid on Ray; it cannot go with "
+                                 f"--executor {executor}.")
+            executor = "ray"
+            tables = data.get("executor") if isinstance(data.get("executor"), dict) else {}
+            data = {**data, "executor": {**tables, "ray": {**tables.get("ray", {}),
+                                                           "address": ray_address}}}
         eps_table = None
         if eps:
             eps_table = dict(data.get("eps", {})) if isinstance(data.get("eps"), dict) else {}

@@ -320,7 +320,7 @@ def _bad_inputs(tmp_path) -> dict:
         "--heads linaer": lambda: host.resolve("head", "linaer"),
         "--dataset digitz": lambda: host.resolve("dataset", "digitz"),
         "--backbones timm:resnet181": lambda: host.resolve("backbone", "timm:resnet181"),
-        "--executor ray": lambda: host.resolve("executor", "ray"),
+        "--executor slurm": lambda: host.resolve("executor", "slurm"),
         "--eps linf:-1": lambda: parse_eps_flag("linf:-1"),
         "--eps linf:abc": lambda: parse_eps_flag("linf:abc"),
         "--eps linf:8": lambda: parse_eps_flag("linf:8"),

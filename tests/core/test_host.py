@@ -39,7 +39,7 @@ def test_entry_points_register_every_builtin():
         ("head", {"linear", "linear-probe", "partial", "mlp"}),
         ("adaptor", {"none", "dann", "coral"}),
         ("attack", {"fgsm", "pgd", "noise", "foolbox:*"}),
-        ("executor", {"local"}),
+        ("executor", {"local", "ray"}),
         ("reporter", {"csv", "md", "html", "json"}),
     ]:
         assert expected <= set(host.names(kind)), kind

@@ -1,0 +1,54 @@
+"""Registers the ``ray`` executor: ``--executor ray`` or an ``[executor.ray]`` table.
+
+The factory checks that Ray is importable (``pip install robench[ray]``) and validates the
+``[executor.ray]`` parameters; :mod:`robench_ray.executor` does the work.
+"""
+
+from __future__ import annotations
+
+import robench
+from robench_ray.executor import MIN_RAY_VERSION, RayExecutor
+
+
+def ray_executor(
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    cpus_per_task: float = 1.0,
+    gpus_per_task: float | None = None,
+    max_retries: int = 0,
+    log_to_driver: bool = False,
+) -> RayExecutor:
+    """Build the ``ray`` executor; every parameter is a key of ``[executor.ray]``.
+
+    ``address``: a Ray cluster to join (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``);
+    unset, it joins ``$RAY_ADDRESS`` if set, else starts a local Ray instance for the run.
+    ``num_cpus`` / ``num_gpus``: size of that local instance (default: the whole machine).
+    ``cpus_per_task``: CPUs each task reserves (and torch threads it uses).
+    ``gpus_per_task``: GPUs each GPU job reserves (fractions share a GPU); default 1 when the
+    run's device is CUDA.  ``max_retries``: reruns of a task whose worker died.
+    ``log_to_driver``: stream the workers' stdout/stderr to the terminal.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise robench.UsageError(
+            "The ray executor needs Ray, which is not installed in this environment. Install "
+            f"it with `pip install robench[ray]` (or `pip install 'ray>={MIN_RAY_VERSION}'`), "
+            "or run with --executor local."
+        ) from None
+    return RayExecutor(
+        address=address, num_cpus=num_cpus, num_gpus=num_gpus, cpus_per_task=cpus_per_task,
+        gpus_per_task=gpus_per_task, max_retries=max_retries, log_to_driver=log_to_driver,
+        ray_version=getattr(ray, "__version__", ""),
+    )
+
+
+@robench.hookimpl
+def robench_register_executors() -> list[robench.ExecutorSpec]:
+    return [robench.ExecutorSpec(
+        name="ray", factory=ray_executor,
+        description="run training and attack jobs as Ray tasks, on a local Ray instance or a "
+                    "cluster ([executor.ray] address = ...); needs `pip install robench[ray]`",
+    )]
