@@ -72,7 +72,7 @@ def test_eps_list(benchmark: Any, request: pytest.FixtureRequest, setting_name: 
     robust, grads = benchmark.pedantic(IMPLEMENTATIONS[impl], args=(setting,),
                                        rounds=3, iterations=1)
     benchmark.extra_info.update(grad_evals=grads, robust=[round(r, 4) for r in robust])
-    assert all(b <= a + 1e-9 for a, b in zip(robust, robust[1:]))  # monotone in eps
+    assert all(b <= a + 1e-9 for a, b in zip(robust, robust[1:], strict=False))  # monotone in eps
 
 
 @pytest.mark.parametrize("setting_name", SETTINGS)
@@ -91,4 +91,4 @@ def test_cascade_costs_less_at_no_higher_robust_accuracy(request, setting_name: 
         assert our_grads <= their_grads, (peer.__name__, our_grads, their_grads)
         if setting_name == "undefended_setting":  # measured 0.35x (benchmarks/RESULTS.md)
             assert our_grads <= their_grads / 2, (peer.__name__, our_grads, their_grads)
-        assert all(a <= b + 1 / len(setting.y) for a, b in zip(ours, theirs))
+        assert all(a <= b + 1 / len(setting.y) for a, b in zip(ours, theirs, strict=True))

@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-
-from robench.models import RobenchModel
-from robench.training import TrainSettings, train_model
 from robench_grl.layers import dann_lambda, dann_lr_factor, grad_reverse
 from robench_grl.plugin import DANN, DigitsCNN
 from robench_heads.plugin import linear_probe, partial
+
+from robench.models import RobenchModel
+from robench.training import TrainSettings, train_model
 
 
 def test_grl_forward_is_identity_and_backward_is_minus_lambda():
