@@ -5,6 +5,7 @@ from robench.errors import PluginError, RobenchError, UnknownNameError, UsageErr
 from robench.hookspecs import hookimpl, hookspec
 from robench.host import PluginHost, build_plugin_manager
 from robench.jobs import Job, JobOutcome
+from robench.models import load_backbone_weights
 from robench.specs import (
     THREATS,
     AdaptorSpec,
@@ -48,6 +49,7 @@ __all__ = [
     "build_plugin_manager",
     "hookimpl",
     "hookspec",
+    "load_backbone_weights",
     "load_config",
     "load_model",
     "run_grid",

@@ -45,6 +45,7 @@ PARAM_TABLES: dict[str, str] = {
 }
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -67,6 +68,8 @@ class GridConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "auto"
+    #: fp32, or autocast in bf16 / fp16 (fp16 on CUDA only) for training and attacks
+    precision: str = "fp32"
     executor: str = "local"
     out: str = "reports"
     fresh: bool = False
@@ -289,6 +292,10 @@ def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> Gri
                     f"Bad device {value!r}: use auto, cpu, cuda or cuda:N."
                 )
             config.device = device
+        elif key == "precision":
+            if value not in PRECISIONS:
+                raise UsageError(f"Bad precision {value!r}: use {', '.join(PRECISIONS)}.")
+            config.precision = value
         elif key == "target":
             config.target = None if value in ("", "none", None) else str(value)
         elif key in ("name",):

@@ -40,7 +40,7 @@ from robench.flags import add_flags
 from robench.host import PluginHost, check_params
 from robench.io import atomic_write_text
 from robench.memory import run_with_backoff
-from robench.models import RobenchModel, count_parameters, freeze
+from robench.models import RobenchModel, count_parameters, freeze, with_precision
 from robench.results import coerce_results
 from robench.specs import as_tensors
 from robench.store import Store, task_key
@@ -136,7 +136,8 @@ def _train_key(config: GridConfig, plan: ModelPlan) -> str:
         "target_params": config.plugin_params("dataset", config.target) if config.target else {},
         "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
         "weight_decay": config.weight_decay, "seed": config.seed,
-        "robench": robench.__version__, "torch": torch.__version__.split("+")[0],
+        "precision": config.precision, "robench": robench.__version__,
+        "torch": torch.__version__.split("+")[0],
     })
 
 
@@ -197,7 +198,8 @@ def train_job(*, run_dir: str, config: dict[str, Any], plan: dict[str, Any], key
     if getattr(adaptor, "uses_target", False):
         target_images, _ = as_tensors(_bundle(config, cfg.target).train)
     settings = TrainSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                             weight_decay=cfg.weight_decay, seed=cfg.seed)
+                             weight_decay=cfg.weight_decay, seed=cfg.seed,
+                             precision=cfg.precision)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     initial_adaptor = {k: v.clone() for k, v in adaptor.state_dict().items()}
 
@@ -235,12 +237,14 @@ def train_job(*, run_dir: str, config: dict[str, Any], plan: dict[str, Any], key
 _MODEL_CACHE: dict[str, torch.nn.Module] = {}
 
 
-def _trained_model(run_dir: str, key: str, device: str) -> tuple[torch.nn.Module, dict]:
+def _trained_model(run_dir: str, key: str, device: str,
+                   precision: str = "fp32") -> tuple[torch.nn.Module, dict]:
     meta = json.loads((Path(run_dir) / "models" / f"{key}.json").read_text())
-    cache_key = f"{run_dir}:{key}:{device}"
+    cache_key = f"{run_dir}:{key}:{device}:{precision}"
     if cache_key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()  # one model at a time keeps memory flat on big grids
-        _MODEL_CACHE[cache_key] = _load_trained(Path(run_dir), meta, device)
+        _MODEL_CACHE[cache_key] = with_precision(_load_trained(Path(run_dir), meta, device),
+                                                 precision, device)
     return _MODEL_CACHE[cache_key], meta
 
 
@@ -264,7 +268,7 @@ def clean_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset: 
               device: str, with_class_images: bool = True) -> dict[str, Any]:
     """Clean accuracy, model diagnostics and class-maximisation images for one domain."""
     cfg = GridConfig(**config)
-    model, meta = _trained_model(run_dir, model_key, device)
+    model, meta = _trained_model(run_dir, model_key, device, cfg.precision)
     bundle = _bundle(config, dataset)
     x, y = _eval_subset(bundle, cfg.limit)
     x, y = x.to(device), y.to(device)
@@ -288,7 +292,7 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
                attack: str, device: str) -> dict[str, Any]:
     """One attack on one model and domain over the whole eps list of its threat model."""
     cfg = GridConfig(**config)
-    model, meta = _trained_model(run_dir, model_key, device)
+    model, meta = _trained_model(run_dir, model_key, device, cfg.precision)
     bundle = _bundle(config, dataset)
     x, y = _eval_subset(bundle, cfg.limit)
     x, y = x.to(device), y.to(device)
@@ -422,6 +426,11 @@ class Grid:
                     f"grid has no target. Pass --target NAME (e.g. digits-m) or use adaptor none."
                 )
         self.device = resolve_device(cfg.device)
+        if cfg.precision == "fp16" and not self.device.startswith("cuda"):
+            raise UsageError(
+                "precision fp16 needs a CUDA device (CPU autocast supports bf16); use "
+                "--precision bf16 or fp32."
+            )
         out = Path(cfg.out)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {str(out)!r} is a file; give a folder for the run folders.")
@@ -520,12 +529,13 @@ class Grid:
             "eps": {t: cfg.eps_values(t) for t in (
                 sorted({threat, *cfg.eps}) if spec.is_namespace else [threat])},
             "limit": cfg.limit, "seed": cfg.seed, "robench": robench.__version__,
-            "eval_batch_size": cfg.eval_batch_size,
+            "eval_batch_size": cfg.eval_batch_size, "precision": cfg.precision,
         })
 
     def _clean_key(self, train_key: str, domain: str, dataset: str) -> str:
         return task_key({"task": "clean", "model": train_key, "domain": domain,
                          "dataset": dataset, "limit": self.config.limit,
+                         "precision": self.config.precision,
                          "seed": self.config.seed, "robench": robench.__version__})
 
     # ------------------------------------------------------------------ running

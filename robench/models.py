@@ -50,6 +50,31 @@ class RobenchModel(nn.Module):
         return self.head(self.features(x))
 
 
+class Autocast(nn.Module):
+    """Runs the wrapped model under ``torch.autocast`` and returns float32 logits, so that
+    losses, attacks and verification see the same dtype at every precision."""
+
+    def __init__(self, model: nn.Module, *, device_type: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+            return self.model(x).float()
+
+
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def with_precision(model: nn.Module, precision: str, device: str) -> nn.Module:
+    if precision == "fp32":
+        return model
+    return Autocast(model, device_type=torch.device(device).type,
+                    dtype=PRECISION_DTYPES[precision])
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -60,6 +85,28 @@ def freeze(module: nn.Module) -> nn.Module:
     for param in module.parameters():
         param.requires_grad_(False)
     return module
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint into ``backbone`` for transfer learning.
+
+    Accepts a plain backbone state dict or a whole robench model (keys under ``backbone.``,
+    e.g. ``models/<key>.safetensors`` of an earlier run); the old classifier's tensors are
+    ignored ("remove the last layer").  Refuses a checkpoint that matches too little of the
+    backbone to be the same architecture.
+    """
+    state = load_state_file(path)
+    own = backbone.state_dict()
+    if not (set(own) & set(state)) and any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(usable) < max(1, len(own) // 2):
+        raise UsageError(
+            f"pretrained_file {str(path)!r} matches only {len(usable)} of {len(own)} tensors "
+            f"of this backbone; is it a checkpoint of the same architecture?"
+        )
+    backbone.load_state_dict(usable, strict=False)
+    backbone.is_pretrained = True
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -30,6 +30,7 @@ class TrainSettings:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    precision: str = "fp32"
 
 
 @dataclass
@@ -91,6 +92,10 @@ def train_model(
     optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     lr_factor = getattr(adaptor, "lr_factor", None) if adaptor is not None else None
 
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
+    autocast = torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
+                              enabled=amp_dtype is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
     generator = torch.Generator().manual_seed(settings.seed)
     n = len(y)
     batch = min(settings.batch_size, n)
@@ -116,19 +121,21 @@ def train_model(
                     group["lr"] = group["base_lr"] * factor
             idx = order[i * batch:(i + 1) * batch]
             xs, ys = x[idx], y[idx]
-            if uses_target:
-                tidx = torch.randint(len(xt), (len(idx),), generator=generator).to(device)
-                feats = model.features(torch.cat([xs, xt[tidx]]))
-                fs, ft = feats[: len(idx)], feats[len(idx):]
-            else:
-                fs, ft = model.features(xs), None
-            logits = model.head(fs)
-            loss = F.cross_entropy(logits, ys)
-            if adaptor is not None and uses_target:
-                loss = loss + adaptor.loss(fs, ft, progress)
+            with autocast:
+                if uses_target:
+                    tidx = torch.randint(len(xt), (len(idx),), generator=generator).to(device)
+                    feats = model.features(torch.cat([xs, xt[tidx]]))
+                    fs, ft = feats[: len(idx)], feats[len(idx):]
+                else:
+                    fs, ft = model.features(xs), None
+                logits = model.head(fs).float()
+                loss = F.cross_entropy(logits, ys)
+                if adaptor is not None and uses_target:
+                    loss = loss + adaptor.loss(fs.float(), ft.float(), progress)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             loss_value = float(loss.detach())
             correct += int((logits.argmax(1) == ys).sum())

@@ -30,13 +30,19 @@ class SourceOnly(nn.Module):
 
 
 class DANN(nn.Module):
-    """Domain classifier behind a gradient reversal layer."""
+    """Domain classifier behind a gradient reversal layer.
+
+    Defaults: a 100-unit hidden layer as in the paper's digit experiments; lambda rises as
+    ``max_lambda * (2 / (1 + exp(-gamma p)) - 1)`` with ``max_lambda = 0.5``, which on
+    digits -> digits-m (a few hundred optimiser steps) gave a consistent gain where 1.0 let
+    the reversed gradient erode source accuracy (benchmarks/RESULTS.md).
+    """
 
     uses_target = True
 
-    def __init__(self, num_features: int, *, hidden: int = 256, depth: int = 2,
+    def __init__(self, num_features: int, *, hidden: int = 100, depth: int = 2,
                  dropout: float = 0.0, weight: float = 1.0, gamma: float = 10.0,
-                 max_lambda: float = 1.0, lambda_schedule: str = "dann",
+                 max_lambda: float = 0.5, lambda_schedule: str = "dann",
                  lr_schedule: str = "constant", lr_alpha: float = 10.0,
                  lr_beta: float = 0.75) -> None:
         super().__init__()
@@ -130,8 +136,14 @@ class DigitsCNN(nn.Module):
         return self.stage2(self.stage1(x)).flatten(1)
 
 
-def digits_cnn(*, image_size: int, in_chans: int) -> DigitsCNN:
-    return DigitsCNN(image_size=image_size, in_chans=in_chans)
+def digits_cnn(*, image_size: int, in_chans: int,
+               pretrained_file: str | None = None) -> DigitsCNN:
+    """``pretrained_file``: a robench checkpoint (e.g. ``models/<key>.safetensors`` of a run
+    trained on digits) to transfer from; its classifier is dropped."""
+    model = DigitsCNN(image_size=image_size, in_chans=in_chans)
+    if pretrained_file:
+        robench.load_backbone_weights(model, pretrained_file)
+    return model
 
 
 def none(*, num_features: int) -> SourceOnly:

@@ -10,37 +10,11 @@ mean and std that the harness applies inside the evaluated model.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 import robench
-
-
-def _strip_prefix(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Accept a robench checkpoint (keys under ``backbone.``) as well as a plain timm one."""
-    own = set(model.state_dict())
-    if not (own & set(state)) and any(k.startswith("backbone.") for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    return state
-
-
-def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
-    """Load ``path`` into ``model``, ignoring the old classifier; refuse a checkpoint that
-    matches too little of the model to be the right one."""
-    from robench.models import load_state_file
-
-    state = _strip_prefix(load_state_file(path), model)
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if len(usable) < max(1, len(own) // 2):
-        raise robench.UsageError(
-            f"pretrained_file {str(path)!r} matches only {len(usable)} of {len(own)} tensors "
-            f"of this backbone; is it a checkpoint of the same architecture?"
-        )
-    model.load_state_dict(usable, strict=False)
 
 
 def check_timm_name(name: str) -> None:
@@ -83,7 +57,7 @@ def timm_backbone(
             ) from None
         raise
     if pretrained_file:
-        load_backbone_weights(model, pretrained_file)
+        robench.load_backbone_weights(model, pretrained_file)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     mean, std = list(cfg.get("mean", ())), list(cfg.get("std", ()))
     if in_chans != len(mean) and mean:

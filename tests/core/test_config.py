@@ -62,3 +62,9 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("name = [unclosed\n")
     with pytest.raises(UsageError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_precision_is_checked():
+    assert build_config({"precision": "bf16"}).precision == "bf16"
+    with pytest.raises(UsageError, match="fp32, bf16, fp16"):
+        build_config({"precision": "fp8"})

@@ -83,7 +83,24 @@ def test_dann_training_counts_progress_per_step_and_reports_domain_accuracy():
     report = train_model(model, (x, y), settings=TrainSettings(epochs=2, batch_size=16),
                          adaptor=dann, target_images=1 - x)
     assert report.steps == 8
-    assert math.isclose(dann.last_lambda, dann_lambda(7 / 8))
+    assert math.isclose(dann.last_lambda, dann_lambda(7 / 8, max_lambda=dann.max_lambda))
     assert 0.0 <= report.metrics["domain_classifier_acc"] <= 1.0
     with pytest.raises(ValueError, match="target images"):
         train_model(model, (x, y), settings=TrainSettings(epochs=1), adaptor=dann)
+
+
+def test_bf16_autocast_trains_and_returns_float32_logits():
+    from robench.models import with_precision
+
+    backbone = DigitsCNN(image_size=32, in_chans=3)
+    from robench_heads.plugin import linear
+
+    model = RobenchModel(backbone, linear(num_features=1200, num_classes=2), in_chans=3)
+    x, y = _data()
+    report = train_model(model, (x, y), settings=TrainSettings(epochs=1, batch_size=16,
+                                                               precision="bf16"))
+    assert math.isfinite(report.final_loss)
+    wrapped = with_precision(model.eval(), "bf16", "cpu")
+    out = wrapped(x[:4])
+    assert out.dtype == torch.float32
+    assert (out.argmax(1) == model(x[:4]).argmax(1)).float().mean() >= 0.5
