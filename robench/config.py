@@ -62,8 +62,8 @@ class GridConfig:
     eps: dict[str, list[str]] = field(default_factory=dict)
     reporters: list[str] = field(default_factory=lambda: ["csv", "md", "html", "json"])
     limit: int | None = 300
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int = 12
+    batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
