@@ -72,56 +72,21 @@ class _Normalize(nn.Module):
         return (x - 0.3) / 0.4
 
 
-@pytest.fixture(scope="session")
-def digits_setting() -> Setting:
+def _digits(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as RGB images of ``size`` px in [0, 1], and their labels."""
     from sklearn.datasets import load_digits
 
-    torch.manual_seed(0)
     data = load_digits()
     images = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0
-    images = F.interpolate(images, size=(16, 16), mode="bilinear", align_corners=False)
-    images = images.clamp(0, 1).repeat(1, 3, 1, 1)
-    labels = torch.tensor(data.target)
-    # wide enough that a pass costs in proportion to the batch (a tiny CNN is all overhead,
-    # which would hide what early exit saves)
-    model = nn.Sequential(
-        _Normalize(),
-        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(128 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10),
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    train_x, train_y = images[:1400], labels[:1400]
-    for _ in range(3):  # about 10 s on one core, > 90% test accuracy
-        for batch in torch.randperm(len(train_x)).split(64):
-            optimizer.zero_grad()
-            F.cross_entropy(model(train_x[batch]), train_y[batch]).backward()
-            optimizer.step()
-    _freeze(model)
-    test_x, test_y = images[1400:], labels[1400:]
-    with torch.no_grad():
-        correct = model(test_x).argmax(1) == test_y
-    assert correct.float().mean() > 0.85, "the benchmark's digits CNN failed to train"
-    x, y = test_x[correct][: 2 * BATCH], test_y[correct][: 2 * BATCH]
-    return Setting("digits-cnn-eps0.08", model, x, y, eps=0.08)
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return images.clamp(0, 1).repeat(1, 3, 1, 1), torch.tensor(data.target)
 
 
-@pytest.fixture(scope="session")
-def undefended_setting() -> Setting:
-    """timm's ``test_resnet`` trained briefly on digits at 32 px: an ordinary undefended model,
-    most of whose samples fall at a small eps (the common case on a leaderboard)."""
-    timm = pytest.importorskip("timm")
-    from sklearn.datasets import load_digits
-
-    torch.manual_seed(0)
-    data = load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0
-    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
-    images = images.clamp(0, 1).repeat(1, 3, 1, 1)
-    labels = torch.tensor(data.target)
-    model = nn.Sequential(_Normalize(), timm.create_model("test_resnet", num_classes=10))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+def _fit_and_select(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                    optimizer: type[torch.optim.Optimizer], lr: float, name: str,
+                    eps: float) -> Setting:
+    """Train on the first 1400 digits for 3 epochs; keep correctly classified test images."""
+    optimizer = optimizer(model.parameters(), lr=lr)
     train_x, train_y = images[:1400], labels[:1400]
     for _ in range(3):
         for batch in torch.randperm(len(train_x)).split(64):
@@ -132,6 +97,37 @@ def undefended_setting() -> Setting:
     test_x, test_y = images[1400:], labels[1400:]
     with torch.no_grad():
         correct = model(test_x).argmax(1) == test_y
-    assert correct.float().mean() > 0.85, "the benchmark's test_resnet failed to train"
-    x, y = test_x[correct][: 2 * BATCH], test_y[correct][: 2 * BATCH]
-    return Setting("undefended-test_resnet", model, x, y, eps=0.03)
+    assert correct.float().mean() > 0.85, f"the benchmark's {name} model failed to train"
+    return Setting(name, model, test_x[correct][: 2 * BATCH], test_y[correct][: 2 * BATCH],
+                   eps=eps)
+
+
+@pytest.fixture(scope="session")
+def digits_setting() -> Setting:
+    torch.manual_seed(0)
+    images, labels = _digits(16)
+    # wide enough that a pass costs in proportion to the batch (a tiny CNN is all overhead,
+    # which would hide what early exit saves)
+    model = nn.Sequential(
+        _Normalize(),
+        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(128 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10),
+    )
+    return _fit_and_select(model, images, labels, optimizer=torch.optim.Adam, lr=2e-3,
+                           name="digits-cnn-eps0.08",
+                           eps=0.08)
+
+
+@pytest.fixture(scope="session")
+def undefended_setting() -> Setting:
+    """timm's ``test_resnet`` trained briefly on digits at 32 px: an ordinary undefended model,
+    most of whose samples fall at a small eps (the common case on a leaderboard)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    images, labels = _digits(32)
+    model = nn.Sequential(_Normalize(), timm.create_model("test_resnet", num_classes=10))
+    return _fit_and_select(model, images, labels, optimizer=torch.optim.AdamW, lr=3e-3,
+                           name="undefended-test_resnet",
+                           eps=0.03)
