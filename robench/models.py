@@ -35,10 +35,13 @@ class RobenchModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, head: nn.Module, *, in_chans: int) -> None:
         super().__init__()
-        mean = getattr(backbone, "mean", None) or [0.0] * in_chans
-        std = getattr(backbone, "std", None) or [1.0] * in_chans
+        mean = list(getattr(backbone, "mean", None) or [0.0] * in_chans)
+        std = list(getattr(backbone, "std", None) or [1.0] * in_chans)
         if len(mean) != in_chans or len(std) != in_chans:
-            mean, std = [0.0] * in_chans, [1.0] * in_chans
+            raise ValueError(
+                f"the backbone's mean/std have {len(mean)}/{len(std)} entries, but the images "
+                f"have {in_chans} channels: a backbone plugin must match in_chans"
+            )
         self.normalize = Normalize(mean, std)
         self.backbone = backbone
         self.head = head
