@@ -46,6 +46,7 @@ PARAM_TABLES: dict[str, str] = {
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("dann", "constant")
 
 
 @dataclass
@@ -65,6 +66,9 @@ class GridConfig:
     epochs: int = 12
     batch_size: int = 32
     lr: float = 1e-3
+    #: "dann" (lr / (1 + 10 p) ** 0.75, Ganin & Lempitsky) or "constant"; the same for every
+    #: model of the grid, so adaptors are compared under one optimiser schedule
+    lr_schedule: str = "dann"
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "auto"
@@ -292,6 +296,10 @@ def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> Gri
                     f"Bad device {value!r}: use auto, cpu, cuda or cuda:N."
                 )
             config.device = device
+        elif key == "lr_schedule":
+            if value not in LR_SCHEDULES:
+                raise UsageError(f"Bad lr_schedule {value!r}: use {', '.join(LR_SCHEDULES)}.")
+            config.lr_schedule = value
         elif key == "precision":
             if value not in PRECISIONS:
                 raise UsageError(f"Bad precision {value!r}: use {', '.join(PRECISIONS)}.")

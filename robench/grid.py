@@ -136,6 +136,7 @@ def _train_key(config: GridConfig, plan: ModelPlan) -> str:
         "target_params": config.plugin_params("dataset", config.target) if config.target else {},
         "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
         "weight_decay": config.weight_decay, "seed": config.seed,
+        "lr_schedule": config.lr_schedule,
         "precision": config.precision, "robench": robench.__version__,
         "torch": torch.__version__.split("+")[0],
     })
@@ -199,7 +200,7 @@ def train_job(*, run_dir: str, config: dict[str, Any], plan: dict[str, Any], key
         target_images, _ = as_tensors(_bundle(config, cfg.target).train)
     settings = TrainSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                              weight_decay=cfg.weight_decay, seed=cfg.seed,
-                             precision=cfg.precision)
+                             precision=cfg.precision, lr_schedule=cfg.lr_schedule)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     initial_adaptor = {k: v.clone() for k, v in adaptor.state_dict().items()}
 

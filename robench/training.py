@@ -31,6 +31,13 @@ class TrainSettings:
     weight_decay: float = 1e-4
     seed: int = 0
     precision: str = "fp32"
+    #: "constant", or "dann": Ganin & Lempitsky's annealing lr / (1 + 10 p) ** 0.75
+    lr_schedule: str = "constant"
+
+
+def annealed_lr_factor(progress: float, *, alpha: float = 10.0, beta: float = 0.75) -> float:
+    """``1 / (1 + alpha p)^beta``: the learning-rate annealing of Ganin & Lempitsky (2015)."""
+    return 1.0 / (1.0 + alpha * progress) ** beta
 
 
 @dataclass
@@ -91,6 +98,8 @@ def train_model(
     groups = _param_groups(model, adaptor, settings.lr)
     optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     lr_factor = getattr(adaptor, "lr_factor", None) if adaptor is not None else None
+    if lr_factor is None and settings.lr_schedule == "dann":
+        lr_factor = annealed_lr_factor
 
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
     autocast = torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,

@@ -33,9 +33,10 @@ class DANN(nn.Module):
     """Domain classifier behind a gradient reversal layer.
 
     Defaults: a 100-unit hidden layer as in the paper's digit experiments; lambda rises as
-    ``max_lambda * (2 / (1 + exp(-gamma p)) - 1)`` with ``max_lambda = 0.5``, which on
-    digits -> digits-m (a few hundred optimiser steps) gave a consistent gain where 1.0 let
-    the reversed gradient erode source accuracy (benchmarks/RESULTS.md).
+    ``max_lambda * (2 / (1 + exp(-gamma p)) - 1)`` with ``max_lambda = 0.5``.  The learning
+    rate follows the grid's ``lr_schedule`` (the paper's annealing by default, which is what
+    lets the adversarial game settle in a few hundred steps: benchmarks/RESULTS.md), unless
+    ``lr_schedule`` is given here.
     """
 
     uses_target = True
@@ -43,17 +44,18 @@ class DANN(nn.Module):
     def __init__(self, num_features: int, *, hidden: int = 100, depth: int = 2,
                  dropout: float = 0.0, weight: float = 1.0, gamma: float = 10.0,
                  max_lambda: float = 0.5, lambda_schedule: str = "dann",
-                 lr_schedule: str = "constant", lr_alpha: float = 10.0,
+                 lr_schedule: str | None = None, lr_alpha: float = 10.0,
                  lr_beta: float = 0.75) -> None:
         super().__init__()
         if lambda_schedule not in ("dann", "constant"):
             raise robench.UsageError(
                 f"adaptor 'dann': lambda_schedule must be 'dann' (2/(1+exp(-gamma p))-1) or "
                 f"'constant' (max_lambda throughout), got {lambda_schedule!r}.")
-        if lr_schedule not in ("constant", "dann"):
+        if lr_schedule not in (None, "constant", "dann"):
             raise robench.UsageError(
                 f"adaptor 'dann': lr_schedule must be 'constant' or 'dann' "
-                f"(mu0/(1+alpha p)^beta), got {lr_schedule!r}.")
+                f"(mu0/(1+alpha p)^beta), or unset to follow the grid's lr_schedule; got "
+                f"{lr_schedule!r}.")
         if depth < 1 or hidden < 1:
             raise robench.UsageError("adaptor 'dann': depth and hidden must be >= 1.")
         layers: list[nn.Module] = []
@@ -68,13 +70,15 @@ class DANN(nn.Module):
         self.lr_alpha, self.lr_beta = lr_alpha, lr_beta
         self._recent: deque[float] = deque(maxlen=50)  # accuracy of the last batches
         self.last_lambda = 0.0
+        if lr_schedule is not None:  # an explicit schedule overrides the grid's
+            self.lr_factor = self._lr_factor
 
     def current_lambda(self, progress: float) -> float:
         if self.lambda_schedule == "constant":
             return self.max_lambda
         return dann_lambda(progress, gamma=self.gamma, max_lambda=self.max_lambda)
 
-    def lr_factor(self, progress: float) -> float:
+    def _lr_factor(self, progress: float) -> float:
         if self.lr_schedule == "constant":
             return 1.0
         return dann_lr_factor(progress, alpha=self.lr_alpha, beta=self.lr_beta)
