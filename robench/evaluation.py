@@ -164,6 +164,42 @@ class EpsOutcome:
     adversarial: dict[int, torch.Tensor] = field(default_factory=dict)  # index -> x_adv
 
 
+@dataclass
+class _ChunkedRun:
+    """What one attack call over a set of sample indices found, after verification."""
+
+    fooled: torch.Tensor  # bool (n,): valid and successful
+    norms: torch.Tensor  # float (n,): perturbation norms (inf where not fooled)
+    invalid: int
+    reasons: Counter
+    examples: dict[int, torch.Tensor]
+
+
+def _attack_indices(
+    attack: Any, counting: CountingModel, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    idx: torch.Tensor, *, eps: float | None, threat: str, target: torch.Tensor | None,
+    batch_size: int, keep_examples: int, on_batch: Callable[[], None] | None,
+) -> _ChunkedRun:
+    """Run the attack on ``idx`` in batches and verify every returned example."""
+    run = _ChunkedRun(fooled=torch.zeros(len(y), dtype=torch.bool, device=x.device),
+                      norms=torch.full((len(y),), float("inf"), device=x.device),
+                      invalid=0, reasons=Counter(), examples={})
+    for chunk in idx.split(batch_size):
+        tgt = target[chunk] if target is not None else None
+        x_adv = attack.perturb(counting, x[chunk], y[chunk], eps, target=tgt)
+        check = verify_adversarial(model, x[chunk], x_adv, y[chunk], threat=threat, eps=eps,
+                                   target=tgt, batch_size=batch_size)
+        run.invalid += int((~check.valid).sum())
+        run.reasons.update(check.reasons)
+        run.fooled[chunk] = check.fooled
+        run.norms[chunk] = torch.where(check.fooled, check.norms, run.norms[chunk])
+        for j in chunk[check.fooled].tolist()[: max(0, keep_examples - len(run.examples))]:
+            run.examples[j] = x_adv[(chunk == j).nonzero().item()].detach().cpu()
+        if on_batch:
+            on_batch()
+    return run
+
+
 def run_attack_cascade(
     attack: Any,
     model: nn.Module,
@@ -190,66 +226,41 @@ def run_attack_cascade(
     eps_list = sorted(eps_list)
     outcomes: list[EpsOutcome] = []
     robust = clean_correct.clone()
-    if kind == "minimal":
-        counting.reset()
-        start = time.perf_counter()
-        idx = (robust if attackable is None else robust & attackable).nonzero().flatten()
-        norms = torch.full((len(y),), float("inf"), device=x.device)
-        fooled_any = torch.zeros_like(robust)
-        invalid = 0
-        reasons: Counter = Counter()
-        examples: dict[int, torch.Tensor] = {}
+    common = {"threat": threat, "target": target, "batch_size": batch_size,
+              "keep_examples": keep_examples, "on_batch": on_batch}
+
+    def still_robust() -> torch.Tensor:
+        return (robust if attackable is None else robust & attackable).nonzero().flatten()
+
+    if kind == "minimal":  # one run; the curve follows from the per-sample norms
         torch.manual_seed(seed)
-        for chunk in idx.split(batch_size):
-            tgt = target[chunk] if target is not None else None
-            x_adv = attack.perturb(counting, x[chunk], y[chunk], None, target=tgt)
-            check = verify_adversarial(model, x[chunk], x_adv, y[chunk], threat=threat,
-                                       eps=None, target=tgt, batch_size=batch_size)
-            invalid += int((~check.valid).sum())
-            reasons.update(check.reasons)
-            fooled_any[chunk] = check.fooled
-            norms[chunk] = torch.where(check.fooled, check.norms, norms[chunk])
-            for j in chunk[check.fooled].tolist()[: max(0, keep_examples - len(examples))]:
-                examples[j] = x_adv[(chunk == j).nonzero().item()].detach().cpu()
-            if on_batch:
-                on_batch()
+        start = time.perf_counter()
+        run = _attack_indices(attack, counting, model, x, y, still_robust(), eps=None, **common)
         seconds = time.perf_counter() - start
         for i, eps in enumerate(eps_list):
-            fooled = fooled_any & (norms <= eps + EPS_TOLERANCE * max(1.0, eps))
+            fooled = run.fooled & (run.norms <= eps + EPS_TOLERANCE * max(1.0, eps))
+            first, last = i == 0, i == len(eps_list) - 1
             outcomes.append(EpsOutcome(
-                eps=eps, robust=clean_correct & ~fooled, n_invalid=invalid,
-                grad_evals=counting.grad_evals if i == 0 else 0,
-                queries=counting.queries if i == 0 else 0,
-                seconds=seconds if i == 0 else 0.0, reasons=reasons,
-                adversarial={j: a for j, a in examples.items() if norms[j] <= eps} if i == len(
-                    eps_list) - 1 else {},
+                eps=eps, robust=clean_correct & ~fooled, n_invalid=run.invalid,
+                grad_evals=counting.grad_evals if first else 0,
+                queries=counting.queries if first else 0,
+                seconds=seconds if first else 0.0, reasons=run.reasons,
+                adversarial={j: a for j, a in run.examples.items() if run.norms[j] <= eps}
+                if last else {},
             ))
         return outcomes
 
     for k, eps in enumerate(eps_list):
         counting.reset()
-        start = time.perf_counter()
-        invalid = 0
-        reasons = Counter()
-        examples = {}
-        idx = (robust if attackable is None else robust & attackable).nonzero().flatten()
         torch.manual_seed(seed * 1000 + k)
-        for chunk in idx.split(batch_size):
-            tgt = target[chunk] if target is not None else None
-            x_adv = attack.perturb(counting, x[chunk], y[chunk], eps, target=tgt)
-            check = verify_adversarial(model, x[chunk], x_adv, y[chunk], threat=threat,
-                                       eps=eps, target=tgt, batch_size=batch_size)
-            invalid += int((~check.valid).sum())
-            reasons.update(check.reasons)
-            robust[chunk[check.fooled]] = False
-            for j in chunk[check.fooled].tolist()[: max(0, keep_examples - len(examples))]:
-                examples[j] = x_adv[(chunk == j).nonzero().item()].detach().cpu()
-            if on_batch:
-                on_batch()
+        start = time.perf_counter()
+        run = _attack_indices(attack, counting, model, x, y, still_robust(), eps=eps, **common)
+        robust &= ~run.fooled
         outcomes.append(EpsOutcome(
-            eps=eps, robust=robust.clone(), n_invalid=invalid, grad_evals=counting.grad_evals,
-            queries=counting.queries, seconds=time.perf_counter() - start, reasons=reasons,
-            adversarial=examples,
+            eps=eps, robust=robust.clone(), n_invalid=run.invalid,
+            grad_evals=counting.grad_evals, queries=counting.queries,
+            seconds=time.perf_counter() - start, reasons=run.reasons,
+            adversarial=run.examples,
         ))
     return outcomes
 
