@@ -19,25 +19,27 @@ import torch
 from robench.evaluation import CountingModel, run_attack_cascade
 
 EPS = [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
+#: the default grid's Linf list (robench.config.DEFAULT_EPS)
+GRID_EPS = [2 / 255, 4 / 255, 8 / 255]
 STEPS = 10
 
 
-def _robench(setting) -> tuple[list[float], int]:
+def _robench(setting, eps_list=EPS) -> tuple[list[float], int]:
     from robench_attacks.plugin import PGD
 
     attack = PGD(steps=STEPS, random_start=False)
     correct = torch.ones(len(setting.y), dtype=torch.bool)
     outcomes = run_attack_cascade(attack, setting.model, setting.x, setting.y, correct,
-                                  threat="linf", kind="bounded", eps_list=EPS)
+                                  threat="linf", kind="bounded", eps_list=eps_list)
     return [float(o.robust.float().mean()) for o in outcomes], sum(o.grad_evals
                                                                    for o in outcomes)
 
 
-def _torchattacks(setting) -> tuple[list[float], int]:
+def _torchattacks(setting, eps_list=EPS) -> tuple[list[float], int]:
     torchattacks = pytest.importorskip("torchattacks")
     counting = CountingModel(setting.model)
     robust = []
-    for eps in EPS:
+    for eps in eps_list:
         attack = torchattacks.PGD(counting, eps=eps, alpha=2.5 * eps / STEPS, steps=STEPS,
                                   random_start=False)
         adv = attack(setting.x, setting.y)
@@ -46,12 +48,12 @@ def _torchattacks(setting) -> tuple[list[float], int]:
     return robust, counting.grad_evals
 
 
-def _foolbox(setting) -> tuple[list[float], int]:
+def _foolbox(setting, eps_list=EPS) -> tuple[list[float], int]:
     fb = pytest.importorskip("foolbox")
     counting = CountingModel(setting.model)
     fmodel = fb.PyTorchModel(counting, bounds=(0, 1))
     attack = fb.attacks.LinfPGD(rel_stepsize=2.5 / STEPS, steps=STEPS, random_start=False)
-    _, _, success = attack(fmodel, setting.x, setting.y, epsilons=EPS)
+    _, _, success = attack(fmodel, setting.x, setting.y, epsilons=eps_list)
     robust = (1 - success.float().mean(1)).tolist()
     return robust, counting.grad_evals
 
@@ -75,8 +77,10 @@ def test_eps_list(benchmark: Any, request: pytest.FixtureRequest, setting_name: 
     assert all(b <= a + 1e-9 for a, b in zip(robust, robust[1:], strict=False))  # monotone in eps
 
 
+@pytest.mark.parametrize("eps_list", [EPS, GRID_EPS], ids=["1-16/255", "grid-2-8/255"])
 @pytest.mark.parametrize("setting_name", SETTINGS)
-def test_cascade_costs_less_at_no_higher_robust_accuracy(request, setting_name: str):
+def test_cascade_costs_less_at_no_higher_robust_accuracy(request, setting_name: str,
+                                                         eps_list: list[float]):
     """The machine-independent half of the target: gradient evaluations.
 
     On an undefended model most samples fall at the first eps, so the cascade needs about
@@ -85,9 +89,11 @@ def test_cascade_costs_less_at_no_higher_robust_accuracy(request, setting_name: 
     large eps is robust at a smaller one).
     """
     setting = request.getfixturevalue(setting_name)
-    ours, our_grads = _robench(setting)
+    ours, our_grads = _robench(setting, eps_list)
+    print(f"{setting_name} {len(eps_list)} eps: robench {our_grads} gradients")
     for peer in (_torchattacks, _foolbox):
-        theirs, their_grads = peer(setting)
+        theirs, their_grads = peer(setting, eps_list)
+        print(f"  {peer.__name__}: {their_grads} gradients")
         assert our_grads <= their_grads, (peer.__name__, our_grads, their_grads)
         if setting_name == "undefended_setting":  # measured 0.35x (benchmarks/RESULTS.md)
             assert our_grads <= their_grads / 2, (peer.__name__, our_grads, their_grads)
