@@ -54,7 +54,17 @@ def build_plugin_manager(
         pm.set_blocked(name)
     if entry_points:
         allow = set(_env_list("ROBENCH_PLUGINS"))
-        for ep in _entry_points():
+        found = _entry_points()
+        seen: dict[str, str] = {}
+        for ep in found:  # before importing anything: a clash is an install problem
+            if ep.name in seen and seen[ep.name] != ep.value and not pm.is_blocked(ep.name):
+                raise PluginError(
+                    f"Two installed packages register the robench plugin name {ep.name!r}: "
+                    f"{seen[ep.name]!r} and {ep.value!r}. Uninstall one, or block the name "
+                    f"with ROBENCH_DISABLE_PLUGINS={ep.name}."
+                )
+            seen[ep.name] = ep.value
+        for ep in found:
             if pm.is_blocked(ep.name) or pm.get_plugin(ep.name) is not None:
                 continue
             if allow and ep.name not in allow:

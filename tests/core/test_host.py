@@ -122,3 +122,15 @@ def test_wildcard_selection():
     host = PluginHost.create()
     assert "pgd" in host.select("attack", "pgd*")
     assert all(n.startswith("pgd") for n in host.select("attack", "pgd*"))
+
+
+def test_two_packages_with_one_plugin_name_are_refused(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from robench import host as host_module
+
+    eps = [EntryPoint("same", "pkg_a.plugin", "robench"),
+           EntryPoint("same", "pkg_b.plugin", "robench")]
+    monkeypatch.setattr(host_module, "_entry_points", lambda: eps)
+    with pytest.raises(robench.PluginError, match="pkg_a.plugin.*pkg_b.plugin"):
+        PluginHost.create()
