@@ -216,11 +216,16 @@ def run_attack_cascade(
     seed: int = 0,
     keep_examples: int = 0,
     on_batch: Callable[[], None] | None = None,
+    nested: bool = True,
 ) -> list[EpsOutcome]:
     """Attack the correctly classified samples over ``eps_list`` (ascending).
 
     ``attackable`` (bool mask) excludes samples the attack cannot act on (for a targeted
-    attack, those whose label is the target): they keep their clean outcome.
+    attack, those whose label is the target): they keep their clean outcome.  ``nested``
+    says the budgets are nested balls, so a sample fooled at one eps is fooled at every
+    larger eps and is not attacked again; a corruption's severities are not nested (severity
+    4 is another image, not a superset of severity 3), so each runs on every clean-correct
+    sample.
     """
     counting = CountingModel(model)
     eps_list = sorted(eps_list)
@@ -254,6 +259,8 @@ def run_attack_cascade(
         counting.reset()
         torch.manual_seed(seed * 1000 + k)
         start = time.perf_counter()
+        if not nested:
+            robust = clean_correct.clone()
         run = _attack_indices(attack, counting, model, x, y, still_robust(), eps=eps, **common)
         robust &= ~run.fooled
         outcomes.append(EpsOutcome(

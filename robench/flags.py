@@ -45,7 +45,8 @@ def add_flags(
     _append(frame, ok & (frame["robust_acc"] > frame["clean_acc"] + 1e-9), "robust-above-clean")
 
     group_cols = ["model", "domain", "attack", "threat"]
-    for _, group in frame[ok].groupby(group_cols):
+    nested = ~frame["threat"].isin(["corruption", "none"])  # severities are not nested balls
+    for _, group in frame[ok & nested].groupby(group_cols):
         ordered = group.sort_values("eps")
         rising = ordered["robust_acc"].diff() > 1e-9
         _append(frame, frame.index.isin(ordered.index[rising]), "rises-with-eps")

@@ -326,7 +326,8 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
         lambda size: run_attack_cascade(
             attack_obj, model, x, y, correct, threat=threat, kind=kind, eps_list=eps_list,
             target=target, attackable=attackable, batch_size=size, seed=cfg.seed,
-            keep_examples=EXAMPLES_PER_ATTACK, on_batch=tick),
+            keep_examples=EXAMPLES_PER_ATTACK, on_batch=tick,
+            nested=threat not in ("corruption", "none")),
         cfg.eval_batch_size,
     )
     examples: dict[str, Any] = {}

@@ -96,3 +96,23 @@ def test_norms_and_targets():
     rnd = make_targets("random", y, logits, num_classes=3, seed=0)
     assert (rnd != y).all()
     assert make_targets(1, y, logits, num_classes=3, seed=0).tolist() == [1, 1, 1]
+
+
+class SeverityFlip:
+    """A 'corruption' that fools only at odd severities: severities are not nested."""
+
+    def perturb(self, model, x, y, eps, target=None):
+        return 1 - x if int(eps) % 2 else x.clone()
+
+
+def test_corruption_severities_are_evaluated_independently():
+    x, y = _data()
+    model = Threshold()
+    correct = model(x).argmax(1) == y
+    outcomes = run_attack_cascade(SeverityFlip(), model, x, y, correct, threat="corruption",
+                                  kind="bounded", eps_list=[1, 2, 3], nested=False)
+    # flipping every pixel moves each mean across 0.5: everything falls at 1 and 3, not at 2
+    assert [int(o.robust.sum()) for o in outcomes] == [0, 7, 0]
+    nested = run_attack_cascade(SeverityFlip(), model, x, y, correct, threat="corruption",
+                                kind="bounded", eps_list=[1, 2, 3])
+    assert [int(o.robust.sum()) for o in nested] == [0, 0, 0]
