@@ -106,3 +106,18 @@ def test_rerun_resumes_without_recomputing(small_run, small_grid, tmp_path):
     grid = calls[0]
     assert grid.failures == []
     assert len(grid.store.items()) == 4 + 4 * 2 * 4  # no duplicate task rows
+
+
+def test_corruptions_run_per_severity_with_worst_case(tmp_path):
+    results = robench.run_grid({
+        "name": "corrupt", "dataset": "digits", "target": "none", "backbones": ["digits-cnn"],
+        "adaptors": ["none"], "attacks": ["gaussian-noise", "contrast"],
+        "eps": {"corruption": [1, 3, 5]}, "limit": 40, "epochs": 1, "reporters": ["csv"],
+        "out": str(tmp_path),
+    })
+    assert set(results.threat) == {"corruption"} and set(results.status) == {"ok"}
+    assert sorted(results.eps.unique()) == [1.0, 3.0, 5.0]
+    worst = results[results.attack == "worst-case"].set_index("eps")["robust_acc"]
+    each = results[results.attack != "worst-case"].groupby("eps")["robust_acc"].min()
+    assert (worst <= each + 1e-12).all()
+    assert (results.grad_evals == 0).all()  # corruptions never ask for a gradient
