@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from robench_attacks._core import Tensor, check_batch
+import torch
+from torch import nn
+
+from robench_attacks._core import Tensor, check_batch, check_eps
 
 
 class NativeAttack:
@@ -30,3 +34,42 @@ class NativeAttack:
         self, x: Tensor, y: Tensor, target: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         return check_batch(x, y, target, attack=self.name, targeted_ok=self.targeted_ok)
+
+
+class BoundedAttack(NativeAttack):
+    """An eps-bounded attack: the batch and eps checks and the trivial cases live here once,
+    subclasses implement ``_perturb`` on a non-empty batch with a positive radius."""
+
+    def perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, eps: float | None,
+        target: Tensor | None = None,
+    ) -> Tensor:
+        x, y, target = self._batch(x, y, target)
+        radius = check_eps(eps, attack=self.name)
+        if radius == 0 or x.shape[0] == 0:
+            return x.clone()
+        return self._perturb(model, x, y, radius, target)
+
+    def _perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, radius: float, target: Tensor | None
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+def run_restarts(
+    x: Tensor, restarts: int, run_once: Callable[[Tensor, bool], tuple[Tensor, Tensor]]
+) -> Tensor:
+    """Restart an attack on the samples it has not fooled yet.
+
+    ``run_once(indices, last)`` attacks ``x[indices]`` and returns the iterates and which of
+    them were seen adversarial; ``last`` says no restart follows (so it need not check).
+    """
+    out = x.clone()
+    remaining = torch.arange(x.shape[0], device=x.device)
+    for restart in range(restarts):
+        if remaining.numel() == 0:
+            break
+        adv, fooled = run_once(remaining, restart == restarts - 1)
+        out[remaining] = adv
+        remaining = remaining[~fooled]
+    return out

@@ -15,7 +15,6 @@ import robench
 from robench_attacks._core import (
     Rng,
     Tensor,
-    check_eps,
     choice,
     margin_loss,
     per_sample,
@@ -25,10 +24,10 @@ from robench_attacks._core import (
     project,
     success,
 )
-from robench_attacks.base import NativeAttack
+from robench_attacks.base import BoundedAttack
 
 
-class Noise(NativeAttack):
+class Noise(BoundedAttack):
     """Random noise in the Linf ball: the baseline a gradient attack must beat.
 
     Each of ``draws`` (default 10) independent draws is uniform in the eps cube
@@ -58,14 +57,9 @@ class Noise(NativeAttack):
             u = torch.where(u < 0, -1.0, 1.0).to(x.dtype)
         return project(x + eps * u, x, eps, "linf")
 
-    def perturb(
-        self, model: nn.Module, x: Tensor, y: Tensor, eps: float | None,
-        target: Tensor | None = None,
+    def _perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, radius: float, target: Tensor | None
     ) -> Tensor:
-        x, y, target = self._batch(x, y, target)
-        radius = check_eps(eps, attack=self.name)
-        if radius == 0 or x.shape[0] == 0:
-            return x.clone()
         out = x.clone()
         idx = torch.arange(x.shape[0], device=x.device)
         for draw in range(self.draws):
@@ -90,7 +84,7 @@ def _square_fraction(p_init: float, iteration: int, budget: int) -> float:
     return p_init / 512
 
 
-class Square(NativeAttack):
+class Square(BoundedAttack):
     """Square attack (Andriushchenko et al. 2020), score-based black-box, Linf.
 
     Starts from random vertical stripes at ±eps and, per query, proposes to reset one random
@@ -126,15 +120,10 @@ class Square(NativeAttack):
         margin = -margin_loss(logits, y, target)
         return margin, torch.nn.functional.cross_entropy(logits, target, reduction="none")
 
-    def perturb(
-        self, model: nn.Module, x: Tensor, y: Tensor, eps: float | None,
-        target: Tensor | None = None,
+    def _perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, radius: float, target: Tensor | None
     ) -> Tensor:
-        x, y, target = self._batch(x, y, target)
-        radius = check_eps(eps, attack=self.name)
         n, c, h, w = x.shape
-        if radius == 0 or n == 0:
-            return x.clone()
         stripes = torch.where(self.rng.rand((n, c, 1, w), x) < 0.5, -radius, radius)
         x_best = project(x + stripes.to(x.dtype), x, radius, "linf")
         logits = predict(model, x_best)

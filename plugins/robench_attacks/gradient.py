@@ -16,7 +16,6 @@ from robench_attacks._core import (
     LOSSES,
     Rng,
     Tensor,
-    check_eps,
     choice,
     flat,
     logits_and_grad,
@@ -30,7 +29,7 @@ from robench_attacks._core import (
     random_in_ball,
     success,
 )
-from robench_attacks.base import NativeAttack
+from robench_attacks.base import BoundedAttack, run_restarts
 
 
 def _take(t: Tensor | None, keep: Tensor) -> Tensor | None:
@@ -40,7 +39,7 @@ def _take(t: Tensor | None, keep: Tensor) -> Tensor | None:
 # --------------------------------------------------------------------------- FGSM
 
 
-class FGSM(NativeAttack):
+class FGSM(BoundedAttack):
     """Fast Gradient Sign Method (Goodfellow et al. 2015): one signed-gradient step of size
     eps, clipped to [0, 1].
 
@@ -58,14 +57,9 @@ class FGSM(NativeAttack):
         self.loss = choice(loss, LOSSES, name="loss", attack=self.name)
         self.params = {"loss": self.loss}
 
-    def perturb(
-        self, model: nn.Module, x: Tensor, y: Tensor, eps: float | None,
-        target: Tensor | None = None,
+    def _perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, radius: float, target: Tensor | None
     ) -> Tensor:
-        x, y, target = self._batch(x, y, target)
-        radius = check_eps(eps, attack=self.name)
-        if radius == 0 or x.shape[0] == 0:
-            return x.clone()
         _, _, grad = logits_and_grad(model, x, y, target, loss_function(self.loss))
         return project(x + radius * grad.sign(), x, radius, "linf")
 
@@ -73,7 +67,7 @@ class FGSM(NativeAttack):
 # --------------------------------------------------------------------------- PGD
 
 
-class PGD(NativeAttack):
+class PGD(BoundedAttack):
     """Projected Gradient Descent (Madry et al. 2018) in the Linf ball.
 
     Defaults (strong rather than fast, as in Madry et al.'s CIFAR evaluation): ``steps=20``,
@@ -124,27 +118,13 @@ class PGD(NativeAttack):
         """The steepest-ascent direction of unit ``norm`` (sign of the gradient for Linf)."""
         return grad.sign()
 
-    def perturb(
-        self, model: nn.Module, x: Tensor, y: Tensor, eps: float | None,
-        target: Tensor | None = None,
+    def _perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, radius: float, target: Tensor | None
     ) -> Tensor:
-        x, y, target = self._batch(x, y, target)
-        radius = check_eps(eps, attack=self.name)
-        if radius == 0 or x.shape[0] == 0:
-            return x.clone()
         step = self.step_size if self.step_size is not None else (
             self.rel_step_size * radius / self.steps)
-        out = x.clone()
-        remaining = torch.arange(x.shape[0], device=x.device)
-        for restart in range(self.restarts):
-            if remaining.numel() == 0:
-                break
-            last = restart == self.restarts - 1
-            adv, fooled = self._run(model, x[remaining], y[remaining],
-                                    _take(target, remaining), radius, step, check_end=not last)
-            out[remaining] = adv
-            remaining = remaining[~fooled]
-        return out
+        return run_restarts(x, self.restarts, lambda idx, last: self._run(
+            model, x[idx], y[idx], _take(target, idx), radius, step, check_end=not last))
 
     def _run(
         self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, eps: float,
@@ -236,7 +216,7 @@ class PGDL1(PGD):
 # --------------------------------------------------------------------------- APGD
 
 
-class APGD(NativeAttack):
+class APGD(BoundedAttack):
     """Auto-PGD (Croce & Hein 2020), the step-size-free PGD at the core of AutoAttack.
 
     Starts at step size ``2 * eps`` and halves it, per sample, at checkpoints
@@ -288,24 +268,11 @@ class APGD(NativeAttack):
             "seed": seed,
         }
 
-    def perturb(
-        self, model: nn.Module, x: Tensor, y: Tensor, eps: float | None,
-        target: Tensor | None = None,
+    def _perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, radius: float, target: Tensor | None
     ) -> Tensor:
-        x, y, target = self._batch(x, y, target)
-        radius = check_eps(eps, attack=self.name)
-        if radius == 0 or x.shape[0] == 0:
-            return x.clone()
-        out = x.clone()
-        remaining = torch.arange(x.shape[0], device=x.device)
-        for _ in range(self.restarts):
-            if remaining.numel() == 0:
-                break
-            adv, fooled = self._run(model, x[remaining], y[remaining],
-                                    _take(target, remaining), radius)
-            out[remaining] = adv
-            remaining = remaining[~fooled]
-        return out
+        return run_restarts(x, self.restarts, lambda idx, _last: self._run(
+            model, x[idx], y[idx], _take(target, idx), radius))
 
     def _start(self, x: Tensor, eps: float) -> Tensor:
         """AutoAttack's start: a random direction scaled to norm eps, clipped to [0, 1]."""
