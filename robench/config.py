@@ -91,10 +91,14 @@ class GridConfig:
         table = {v: k for k, v in PARAM_TABLES.items()}[kind]
         return dict(self.params.get(table, {}).get(name, {}))
 
+    def eps_labels(self, threat: str) -> dict[float, str]:
+        """Each eps of ``threat`` as a float, with the text it was written as (``8/255``)."""
+        raw = self.eps.get(threat) or list(DEFAULT_EPS[threat])
+        return {float(parse_eps_value(threat, v)): str(v) for v in raw}
+
     def eps_values(self, threat: str) -> list[float]:
         """The eps list of ``threat``, ascending, as floats."""
-        raw = self.eps.get(threat) or list(DEFAULT_EPS[threat])
-        return sorted({float(parse_eps_value(threat, v)) for v in raw})
+        return sorted(self.eps_labels(threat))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
