@@ -27,7 +27,7 @@ import torch
 
 import robench
 from robench import jobs as jobs_mod
-from robench.config import GridConfig, parse_eps_value
+from robench.config import PARAM_TABLES, GridConfig
 from robench.errors import UsageError
 from robench.evaluation import (
     class_images,
@@ -335,7 +335,7 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
         for index, adv in outcome.adversarial.items():
             if len(examples) < EXAMPLES_PER_ATTACK and str(index) not in examples:
                 examples[str(index)] = {"eps": outcome.eps, "adv": _to_uint8(adv)}
-    labels = {str(eps_value): label for label, eps_value in _eps_labels(cfg, threat).items()}
+    labels = cfg.eps_labels(threat)
     return {
         "threat": threat, "kind": kind, "black_box": bool(spec.black_box),
         "targeted": target_mode is not None, "target": str(target_mode or ""),
@@ -343,7 +343,7 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
         "attack_params": getattr(attack_obj, "params", params),
         "examples": examples, "batch_size": batch_used,
         "outcomes": [{
-            "eps": o.eps, "eps_label": labels.get(str(o.eps), f"{o.eps:g}"),
+            "eps": o.eps, "eps_label": labels.get(o.eps, f"{o.eps:g}"),
             "robust": _pack(o.robust), "robust_acc": int(o.robust.sum()) / len(y),
             "n_robust": int(o.robust.sum()), "n_invalid": o.n_invalid,
             "grad_evals": o.grad_evals, "queries": o.queries, "seconds": o.seconds,
@@ -352,14 +352,15 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
     }
 
 
-def _eps_labels(cfg: GridConfig, threat: str) -> dict[str, float]:
-    from robench.config import DEFAULT_EPS
-
-    raw = cfg.eps.get(threat) or list(DEFAULT_EPS[threat])
-    return {str(v): float(parse_eps_value(threat, v)) for v in raw}
-
-
 # --------------------------------------------------------------------------- driver
+
+
+#: parameters the harness passes to factories of each kind (placeholder values for checks)
+_HARNESS_PARAMS: dict[str, dict[str, int]] = {
+    "backbone": {"image_size": 1, "in_chans": 1},
+    "head": {"num_features": 1, "num_classes": 1},
+    "adaptor": {"num_features": 1},
+}
 
 
 class Grid:
@@ -379,46 +380,27 @@ class Grid:
     def validate(self) -> None:
         """Resolve every name and check every parameter before any work starts."""
         cfg = self.config
-        for kind, names in (("dataset", [cfg.dataset] + ([cfg.target] if cfg.target else [])),
-                            ("backbone", cfg.backbones), ("head", cfg.heads),
-                            ("adaptor", cfg.adaptors), ("attack", cfg.attacks),
-                            ("reporter", cfg.reporters), ("executor", [cfg.executor])):
+        names_by_kind = {
+            "dataset": [cfg.dataset] + ([cfg.target] if cfg.target else []),
+            "backbone": cfg.backbones, "head": cfg.heads, "adaptor": cfg.adaptors,
+            "attack": cfg.attacks, "reporter": cfg.reporters, "executor": [cfg.executor],
+        }
+        for kind, names in names_by_kind.items():
             for name in names:
                 spec, implied = self.host.resolve(kind, name)
                 params = cfg.plugin_params(kind, name)
                 if kind == "attack":
-                    target = params.pop("target", None)
-                    if target is not None and not spec.targeted:
-                        raise UsageError(
-                            f"[attack.{name}] sets target = {target!r}, but attack {name!r} has "
-                            f"no targeted variant. Remove target, or pick a targeted attack."
-                        )
-                    if target is not None and not (
-                        target in ("random", "least-likely")
-                        or (isinstance(target, int) and target >= 0)
-                    ):
-                        raise UsageError(
-                            f"[attack.{name}] target must be a class index, 'random' or "
-                            f"'least-likely', got {target!r}."
-                        )
-                if kind == "backbone":
-                    params.update(image_size=1, in_chans=1)
-                if kind == "head":
-                    params.update(num_features=1, num_classes=1)
-                if kind == "adaptor":
-                    params.update(num_features=1)
-                check_params(spec, name, {**params, **implied})
-        for kind, table in (("dataset", "data"), ("backbone", "backbone"), ("head", "head"),
-                            ("adaptor", "adaptor"), ("attack", "attack"),
-                            ("reporter", "reporter"), ("executor", "executor")):
-            used = {"dataset": [cfg.dataset, cfg.target], "backbone": cfg.backbones,
-                    "head": cfg.heads, "adaptor": cfg.adaptors, "attack": cfg.attacks,
-                    "reporter": cfg.reporters, "executor": [cfg.executor]}[kind]
+                    self._check_target(name, spec, params.pop("target", None))
+                # what the harness itself passes to the factory, so the check sees it too
+                supplied = _HARNESS_PARAMS.get(kind, {})
+                check_params(spec, name, {**params, **supplied, **implied})
+        for table, kind in PARAM_TABLES.items():
+            used = names_by_kind[kind]
             for name in cfg.params.get(table, {}):
                 if name not in used:
                     raise UsageError(
                         f"Config table [{table}.{name}] sets parameters for {kind} {name!r}, "
-                        f"which this grid does not use ({', '.join(n for n in used if n)})."
+                        f"which this grid does not use ({', '.join(used)})."
                     )
         for adaptor in cfg.adaptors:
             spec, _ = self.host.resolve("adaptor", adaptor)
@@ -471,6 +453,22 @@ class Grid:
                 )
 
         self._check_values()
+
+    @staticmethod
+    def _check_target(name: str, spec: Any, target: Any) -> None:
+        if target is None:
+            return
+        if not spec.targeted:
+            raise UsageError(
+                f"[attack.{name}] sets target = {target!r}, but attack {name!r} has "
+                f"no targeted variant. Remove target, or pick a targeted attack."
+            )
+        if not (target in ("random", "least-likely")
+                or (isinstance(target, int) and not isinstance(target, bool) and target >= 0)):
+            raise UsageError(
+                f"[attack.{name}] target must be a class index, 'random' or "
+                f"'least-likely', got {target!r}."
+            )
 
     def _check_values(self) -> None:
         """Build the cheap plugins once, so a bad parameter value is exit 2, not a failed task."""
@@ -645,7 +643,7 @@ class Grid:
                         error = (payload or {}).get("error") or trained.get("error") or \
                             "not run"
                         threat = spec.threat
-                        eps_names = {v: k for k, v in _eps_labels(cfg, threat).items()}
+                        eps_names = cfg.eps_labels(threat)
                         for eps in cfg.eps_values(threat):
                             rows.append({**row0, "threat": threat, "attack_kind": spec.kind,
                                          "eps": eps, "eps_label": eps_names.get(eps, f"{eps:g}"),
