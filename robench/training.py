@@ -113,7 +113,9 @@ def train_model(
     step = 0
     start = time.perf_counter()
     frozen_backbone = not any(p.requires_grad for p in model.backbone.parameters())
-    loss_value, correct, seen = math.nan, 0, 0
+    # kept on the device and read once at the end: no host synchronisation per step
+    last_loss: torch.Tensor | None = None
+    correct, seen = torch.zeros((), dtype=torch.long, device=device), 0
     for _epoch in range(settings.epochs):
         model.train()
         if frozen_backbone:
@@ -121,7 +123,7 @@ def train_model(
         if adaptor is not None:
             adaptor.train()
         order = torch.randperm(n, generator=generator).to(device)
-        correct, seen = 0, 0
+        correct, seen = torch.zeros((), dtype=torch.long, device=device), 0
         for i in range(steps_per_epoch):
             progress = step / max(1, total)
             if callable(lr_factor):
@@ -146,8 +148,8 @@ def train_model(
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            loss_value = float(loss.detach())
-            correct += int((logits.argmax(1) == ys).sum())
+            last_loss = loss.detach()
+            correct += (logits.argmax(1) == ys).sum()
             seen += len(idx)
             if on_step is not None:
                 on_step(step, total)
@@ -158,7 +160,7 @@ def train_model(
     return TrainReport(
         seconds=time.perf_counter() - start,
         steps=step,
-        final_loss=loss_value,
-        train_acc=correct / seen if seen else math.nan,
+        final_loss=float(last_loss) if last_loss is not None else math.nan,
+        train_acc=int(correct) / seen if seen else math.nan,
         metrics=metrics,
     )
