@@ -264,24 +264,19 @@ def lp_norm(delta: Tensor, p: str) -> Tensor:
 
 def project_l1_ball(delta: Tensor, eps: float) -> Tensor:
     """Euclidean projection of each sample onto the L1 ball of radius ``eps`` (Duchi et al.
-    2008, sort-based), applied only to samples outside it."""
+    2008, sort-based); samples inside the ball are returned unchanged."""
     d = flat(delta)
-    norms = d.abs().sum(dim=1)
-    outside = norms > eps
-    if not outside.any():
-        return delta
-    v = d[outside]
+    outside = d.abs().sum(dim=1) > eps
+    v = d  # every row is projected and the inside ones kept: no data-dependent shape
     u = v.abs()
     mu, _ = u.sort(dim=1, descending=True)
     cumsum = mu.cumsum(dim=1)
     ranks = torch.arange(1, u.shape[1] + 1, device=u.device, dtype=u.dtype)
     cond = mu - (cumsum - eps) / ranks > 0
-    rho = cond.sum(dim=1) - 1  # cond holds on a prefix; rho is its last index
+    rho = (cond.sum(dim=1) - 1).clamp_min(0)  # cond holds on a prefix; rho: its last index
     theta = (cumsum.gather(1, rho[:, None])[:, 0] - eps) / (rho + 1).to(u.dtype)
     projected = v.sign() * (u - theta[:, None]).clamp_min(0)
-    out = d.clone()
-    out[outside] = projected
-    return out.reshape(delta.shape)
+    return torch.where(outside[:, None], projected, d).reshape(delta.shape)
 
 
 def project(x_adv: Tensor, x: Tensor, eps: float, p: str) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from robench_attacks._core import Tensor, check_batch, check_eps
+from robench_attacks.working_set import compact_interval
 
 
 class NativeAttack:
@@ -22,9 +23,17 @@ class NativeAttack:
     threat: str = "linf"
     kind: str = "bounded"
     targeted_ok: bool = False
+    #: steps between compactions of the working batch (see ``working_set``); ``None``: 1 on
+    #: the CPU, ``DEVICE_COMPACT_EVERY`` elsewhere.  Results do not depend on it, so it is
+    #: not a reported parameter.
+    compact_every: int | None = None
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
+
+    def compaction(self, x: Tensor) -> int:
+        """Steps between compactions of the working batch for a batch on ``x``'s device."""
+        return compact_interval(x.device, self.compact_every)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())

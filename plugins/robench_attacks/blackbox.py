@@ -130,10 +130,13 @@ class Square(BoundedAttack):
         margin, loss = self._scores(logits, y, target)
         rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
         cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
-        idx = (margin > 0).nonzero().squeeze(1)
+        idx = torch.arange(n, device=x.device)
+        every = self.compaction(x)
         for i in range(self.queries - 1):
-            if idx.numel() == 0:
-                break
+            if i % every == 0:  # drop fooled samples: one host synchronisation
+                idx = idx[margin[idx] > 0]
+                if idx.numel() == 0:
+                    break
             m = idx.numel()
             p = _square_fraction(self.p_init, i, self.queries)
             s = min(max(int(round(math.sqrt(p * h * w))), 1), h, w)
@@ -146,9 +149,9 @@ class Square(BoundedAttack):
             proposal = project(proposal, x_cur, radius, "linf")
             new_margin, new_loss = self._scores(predict(model, proposal), y[idx],
                                                 None if target is None else target[idx])
-            better = (new_loss < loss[idx]) | (new_margin <= 0)
+            # a sample fooled since the last compaction stays as it is
+            better = (margin[idx] > 0) & ((new_loss < loss[idx]) | (new_margin <= 0))
             x_best[idx] = torch.where(per_sample(better), proposal, x_best[idx])
             loss[idx] = torch.where(better, new_loss, loss[idx])
             margin[idx] = torch.where(better, new_margin, margin[idx])
-            idx = idx[margin[idx] > 0]
         return x_best

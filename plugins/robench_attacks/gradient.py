@@ -30,6 +30,7 @@ from robench_attacks._core import (
     success,
 )
 from robench_attacks.base import BoundedAttack, run_restarts
+from robench_attacks.working_set import WorkingSet
 
 
 def _take(t: Tensor | None, keep: Tensor) -> Tensor | None:
@@ -132,26 +133,24 @@ class PGD(BoundedAttack):
     ) -> tuple[Tensor, Tensor]:
         """One PGD run; returns the iterates and which samples were seen adversarial."""
         loss_fn = loss_function(self.loss)
-        out = x.clone()
-        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        idx = torch.arange(x.shape[0], device=x.device)
         x_adv = random_in_ball(x, eps, self.norm, self.rng) if self.random_start else x.clone()
-        for _ in range(self.steps):
-            logits, _, grad = logits_and_grad(model, x_adv, y, target, loss_fn)
-            is_adv = success(logits, y, target)
-            if is_adv.any():
-                out[idx[is_adv]] = x_adv[is_adv]
-                fooled[idx[is_adv]] = True
-                keep = ~is_adv
-                x_adv, x, y, grad, idx = x_adv[keep], x[keep], y[keep], grad[keep], idx[keep]
-                target = _take(target, keep)
-                if idx.numel() == 0:
-                    return out, fooled
-            x_adv = project(x_adv + step * self.direction(grad, x_adv), x, eps, self.norm)
-        out[idx] = x_adv
+        state = {"x": x, "y": y, "x_adv": x_adv}
+        if target is not None:
+            state["target"] = target
+        ws = WorkingSet(x, state, every=self.compaction(x))
+        for i in range(self.steps):
+            logits, _, grad = logits_and_grad(model, ws["x_adv"], ws["y"], ws.get("target"),
+                                              loss_fn)
+            ws.settle(success(logits, ws["y"], ws.get("target")), ws["x_adv"])
+            ws["x_adv"] = project(ws["x_adv"] + step * self.direction(grad, ws["x_adv"]),
+                                  ws["x"], eps, self.norm)
+            ws.compact(i)
+            if ws.empty:
+                return ws.finish()
         if check_end:
-            fooled[idx] = success(predict(model, x_adv), y, target)
-        return out, fooled
+            ws.settle(success(predict(model, ws["x_adv"]), ws["y"], ws.get("target")),
+                      ws["x_adv"])
+        return ws.finish(ws["x_adv"])
 
 
 class PGDL2(PGD):
@@ -296,32 +295,23 @@ class APGD(BoundedAttack):
         window_min = max(int(0.06 * n_iter), 1)
         window_decr = max(int(0.03 * n_iter), 1)
 
-        out = x.clone()
-        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         x_adv = self._start(x, eps)
         logits, loss, grad = logits_and_grad(model, x_adv, y, target, loss_fn)
-        s: dict[str, Tensor] = {
-            "idx": torch.arange(x.shape[0], device=x.device),
+        s = WorkingSet(x, {
             "x": x, "y": y, "x_adv": x_adv, "x_old": x_adv.clone(), "grad": grad,
             "x_best": x_adv.clone(), "grad_best": grad.clone(), "loss_best": loss.clone(),
             "prev_loss": loss.clone(), "n_incr": torch.zeros_like(loss),
             "loss_best_last": loss.clone(),
             "reduced_last": torch.ones_like(loss, dtype=torch.bool),
             "step": torch.full_like(loss, 2.0 * eps),
-        }
+        }, every=self.compaction(x))
         if target is not None:
             s["target"] = target
-
-        def drop(is_adv: Tensor) -> dict[str, Tensor]:
-            out[s["idx"][is_adv]] = s["x_adv"][is_adv]
-            fooled[s["idx"][is_adv]] = True
-            keep = ~is_adv
-            return {key: value[keep] for key, value in s.items()}
-
-        s = drop(success(logits, y, target))
+        s.settle(success(logits, y, target), x_adv)
+        s.compact(0)
         counter = 0
         for i in range(n_iter):
-            if s["idx"].numel() == 0:
+            if s.empty:
                 break
             a = self.momentum if i > 0 else 1.0
             x_adv, x_c = s["x_adv"], s["x"]
@@ -339,7 +329,7 @@ class APGD(BoundedAttack):
             s["loss_best"] = torch.where(improved, loss, s["loss_best"])
             s["n_incr"] = s["n_incr"] + (loss > s["prev_loss"]).to(loss.dtype)
             s["prev_loss"] = loss
-            s = drop(success(logits, s["y"], tgt))
+            s.settle(success(logits, s["y"], tgt), z)
 
             counter += 1
             if counter == window:
@@ -354,5 +344,5 @@ class APGD(BoundedAttack):
                 s["n_incr"] = torch.zeros_like(s["n_incr"])
                 counter = 0
                 window = max(window - window_decr, window_min)
-        out[s["idx"]] = s["x_best"]
-        return out, fooled
+            s.compact(i + 1)
+        return s.finish(s["x_best"])

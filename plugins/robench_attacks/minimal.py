@@ -26,6 +26,7 @@ from robench_attacks._core import (
     success,
 )
 from robench_attacks.base import NativeAttack
+from robench_attacks.working_set import WorkingSet
 
 
 def _keep_within(best: Tensor, x: Tensor, eps: float | None, attack: str) -> Tensor:
@@ -71,39 +72,28 @@ class DeepFool(NativeAttack):
         target: Tensor | None = None,
     ) -> Tensor:
         x, y, target = self._batch(x, y, target)
-        best = x.clone()
         if x.shape[0] == 0:
-            return best
-        idx = torch.arange(x.shape[0], device=x.device)
-        x0, y_a = x, y
-        total = torch.zeros_like(x)
-        x_cur = x
-        classes: Tensor | None = None
+            return x.clone()
+        ws = WorkingSet(x, {"x0": x, "y": y, "total": torch.zeros_like(x), "x_cur": x},
+                        every=self.compaction(x))
         for it in range(self.steps + 1):
             if it == self.steps:
-                logits = predict(model, x_cur)
-                is_adv = success(logits, y_a, None)
-                best[idx[is_adv]] = x_cur[is_adv]
+                ws.settle(success(predict(model, ws["x_cur"]), ws["y"], None), ws["x_cur"])
                 break
             with torch.enable_grad():
-                x_req = x_cur.detach().requires_grad_(True)
+                x_req = ws["x_cur"].detach().requires_grad_(True)
                 logits = model(x_req)
-                if classes is None:
-                    classes = self._candidate_classes(logits.detach(), y_a)
-                is_adv = success(logits.detach(), y_a, None)
-                if is_adv.any():
-                    best[idx[is_adv]] = x_cur[is_adv]
-                keep = ~is_adv
-                if not keep.any():
-                    break
-                chosen = logits.gather(1, classes)
+                if "classes" not in ws.state:
+                    ws["classes"] = self._candidate_classes(logits.detach(), ws["y"])
+                ws.settle(success(logits.detach(), ws["y"], None), ws["x_cur"])
+                chosen = logits.gather(1, ws["classes"])
                 gaps = chosen[:, 1:] - chosen[:, :1]  # < 0 while still correctly classified
                 grads = []
                 for k in range(gaps.shape[1]):
                     (g,) = torch.autograd.grad(gaps[:, k].sum(), x_req,
                                                retain_graph=k < gaps.shape[1] - 1)
-                    grads.append(g[keep])
-            gaps = gaps.detach()[keep]
+                    grads.append(g)
+            gaps = gaps.detach()
             grad_stack = torch.stack(grads, dim=1)  # (n, K - 1, C, H, W)
             grad_norms = grad_stack.flatten(2).norm(dim=2)
             distances = gaps.abs() / (grad_norms + 1e-8)
@@ -112,10 +102,12 @@ class DeepFool(NativeAttack):
             w = grad_stack[rows, nearest]
             w_norm = grad_norms[rows, nearest]
             step = (distances[rows, nearest] + 1e-4) / (w_norm + 1e-8)
-            idx, x0, y_a, total, classes = idx[keep], x0[keep], y_a[keep], total[keep], \
-                classes[keep]
-            total = total + per_sample(step) * w
-            x_cur = (x0 + (1.0 + self.overshoot) * total).clamp(0.0, 1.0)
+            ws["total"] = ws["total"] + per_sample(step) * w
+            ws["x_cur"] = (ws["x0"] + (1.0 + self.overshoot) * ws["total"]).clamp(0.0, 1.0)
+            ws.compact(it)
+            if ws.empty:
+                break
+        best, _ = ws.finish()
         return _keep_within(best, x, eps, self.name)
 
     def _candidate_classes(self, logits: Tensor, y: Tensor) -> Tensor:
@@ -223,10 +215,9 @@ class CarliniWagnerL2(NativeAttack):
                 is_adv &= margin_loss(logits, y_a, t_a) >= self.confidence
             norms = dist.detach().sqrt()
             better = is_adv & (norms < best_norm[idx])
-            if better.any():
-                best[idx[better]] = x_adv[better]
-                best_norm[idx[better]] = norms[better]
-            found[idx[is_adv]] = True
+            best[idx] = torch.where(per_sample(better), x_adv, best[idx])
+            best_norm[idx] = torch.where(better, norms, best_norm[idx])
+            found[idx] = found[idx] | is_adv
 
             m = beta1 * m + (1 - beta1) * grad
             v = beta2 * v + (1 - beta2) * grad * grad

@@ -1,0 +1,158 @@
+"""The attack loops never make the host wait for the device inside a step.
+
+A GPU runs kernels asynchronously; anything that needs a device value on the host (``.item()``,
+``bool(t)``, ``nonzero``, boolean-mask indexing, whose result shape depends on the data) makes
+the host wait for the whole queue.  The tests count such operations through a
+``TorchFunctionMode``, which sees every tensor operation on any device, so the property is
+checked on the CPU: with compaction turned off, an attack makes exactly as many host reads with
+10 steps as with 30, i.e. none per step.  The working-set compaction (the only place rows are
+dropped) is checked to change nothing but the cost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import robench_attacks.plugin as P
+import torch
+from attack_helpers import Counting
+from robench_attacks.working_set import DEVICE_COMPACT_EVERY, compact_interval
+from torch.overrides import TorchFunctionMode
+
+#: operations whose result needs a device value on the host
+_HOST_READS = {"__bool__", "item", "tolist", "nonzero", "argwhere", "__int__", "__float__",
+               "__index__", "masked_select", "unique", "unique_consecutive"}
+NEVER = 10**9  # a compaction interval no loop reaches
+
+
+def _has_bool_tensor(arg: Any) -> bool:
+    if isinstance(arg, torch.Tensor):
+        return arg.dtype == torch.bool
+    if isinstance(arg, (tuple, list)):
+        return any(_has_bool_tensor(a) for a in arg)
+    return False
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the tensor operations that synchronise a device with the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.names: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        name = getattr(func, "__name__", "")
+        masked = name in ("__getitem__", "__setitem__", "index_put", "index_put_") and \
+            _has_bool_tensor(args[1:2])
+        single_where = name == "where" and len(args) == 1 and not kwargs
+        if name in _HOST_READS or masked or single_where:
+            self.count += 1
+            self.names.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _attack(name: str, budget: int) -> P.NativeAttack:
+    """``name`` with ``budget`` steps (queries for square), seeded."""
+    if name == "pgd":
+        return P.PGD(steps=budget, seed=0)
+    if name == "pgd-l2":
+        return P.PGDL2(steps=budget, seed=0)
+    if name == "pgd-l1":
+        return P.PGDL1(steps=budget, seed=0)
+    if name == "apgd-ce":
+        return P.APGD(loss="ce", steps=budget, seed=0)
+    if name == "apgd-dlr":
+        return P.APGD(loss="dlr", steps=budget, seed=0)
+    if name == "deepfool":
+        return P.DeepFool(steps=budget, candidates=4)
+    if name == "cw-l2":
+        return P.CarliniWagnerL2(steps=budget, binary_search_steps=2, abort_early=False)
+    if name == "square":
+        return P.Square(queries=budget, seed=0)
+    raise AssertionError(name)
+
+
+EPS = {"pgd": 8 / 255, "pgd-l2": 0.5, "pgd-l1": 8.0, "apgd-ce": 8 / 255, "apgd-dlr": 8 / 255,
+       "deepfool": None, "cw-l2": None, "square": 8 / 255}
+ITERATIVE = list(EPS)
+
+
+def _host_reads(digits, name: str, budget: int) -> tuple[int, list[str]]:
+    attack = _attack(name, budget)
+    attack.compact_every = NEVER
+    x, y = digits.x[:32], digits.y[:32]
+    with HostReads() as reads:
+        attack.perturb(digits.model, x, y, EPS[name])
+    return reads.count, reads.names
+
+
+@pytest.mark.parametrize("name", ITERATIVE)
+def test_no_host_read_per_step(digits, name: str) -> None:
+    few, few_names = _host_reads(digits, name, 10)
+    many, many_names = _host_reads(digits, name, 30)
+    assert many == few, (
+        f"{name}: {few} host reads with 10 steps but {many} with 30, so some happen inside "
+        f"the step loop: {sorted(set(many_names))}")
+
+
+def test_the_counter_sees_per_step_reads(digits) -> None:
+    """The same counter does see a loop that reads the device every step (what
+    compaction at every step is, on the CPU): the test above can fail."""
+    counts = []
+    for steps in (10, 30):
+        attack = P.PGD(steps=steps, seed=0)
+        attack.compact_every = 1
+        with HostReads() as reads:
+            attack.perturb(digits.model, digits.x[:32], digits.y[:32], 0.5 / 255)
+        counts.append(reads.count)
+    assert counts[1] >= counts[0] + 20
+
+
+@pytest.mark.parametrize("name", [n for n in ITERATIVE if n != "square"])
+@pytest.mark.parametrize("every", [DEVICE_COMPACT_EVERY, NEVER])
+def test_compaction_changes_cost_not_results(digits, name: str, every: int) -> None:
+    """Deferred compaction returns what per-step compaction returns (square excepted: its
+    random proposals are drawn per working row, so the stream differs), at a cost at least
+    as high: finished rows are computed until they are dropped."""
+    x, y = digits.x[:48], digits.y[:48]
+    outs, costs = [], []
+    for interval in (1, every):
+        attack = _attack(name, 12)
+        attack.compact_every = interval
+        counting = Counting(digits.model)
+        torch.manual_seed(0)
+        outs.append(attack.perturb(counting, x, y, EPS[name]))
+        costs.append(counting.grad_evals)
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        fooled = [(digits.model(o).argmax(1) != y) for o in outs]
+    assert torch.equal(fooled[0], fooled[1])
+    assert costs[0] <= costs[1]
+    if name in ("pgd", "apgd-ce") and fooled[0].any():
+        assert costs[0] < costs[1] or every == 1  # early exit saves work on the CPU
+
+
+def test_square_deferred_compaction_stays_valid(digits) -> None:
+    """Square with deferred compaction: a sample fooled between compactions keeps its
+    adversarial, and everything stays inside the ball."""
+    x, y = digits.x[:48], digits.y[:48]
+    rates = []
+    for interval in (1, DEVICE_COMPACT_EVERY):
+        attack = P.Square(queries=200, seed=0)
+        attack.compact_every = interval
+        adv = attack.perturb(digits.model, x, y, 0.15)
+        assert float((adv - x).abs().max()) <= 0.15 + 1e-6
+        assert float(adv.min()) >= 0 and float(adv.max()) <= 1
+        with torch.no_grad():
+            rates.append(float((digits.model(adv).argmax(1) != y).float().mean()))
+    assert rates[0] > 0.3
+    assert abs(rates[0] - rates[1]) <= 0.15
+
+
+def test_compaction_interval_by_device() -> None:
+    assert compact_interval(torch.device("cpu")) == 1
+    assert compact_interval(torch.device("cuda", 0)) == DEVICE_COMPACT_EVERY
+    assert compact_interval(torch.device("cuda", 0), 1) == 1
+    assert compact_interval(torch.device("cpu"), 0) == 1
