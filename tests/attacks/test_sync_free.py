@@ -156,3 +156,29 @@ def test_compaction_interval_by_device() -> None:
     assert compact_interval(torch.device("cuda", 0)) == DEVICE_COMPACT_EVERY
     assert compact_interval(torch.device("cuda", 0), 1) == 1
     assert compact_interval(torch.device("cpu"), 0) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["pgd", "apgd-ce", "deepfool"])
+def test_no_cuda_synchronisation_per_step(digits, name: str) -> None:
+    """On a GPU, CUDA's own sync debugger agrees: with compaction off, as many synchronising
+    calls with 10 steps as with 30."""
+    import warnings
+
+    model = digits.model.to("cuda")
+    x, y = digits.x[:32].cuda(), digits.y[:32].cuda()
+    counts = []
+    try:
+        for steps in (10, 30):
+            attack = _attack(name, steps)
+            attack.compact_every = NEVER
+            torch.cuda.set_sync_debug_mode("warn")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                attack.perturb(model, x, y, EPS[name])
+            torch.cuda.set_sync_debug_mode("default")
+            counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        digits.model.to("cpu")
+    assert counts[0] == counts[1], counts
