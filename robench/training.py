@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robench.models import RobenchModel
+from robench.placement import BatchSource
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -83,11 +84,11 @@ def train_model(
     group's base learning rate.
     """
     device = torch.device(device)
-    x, y = source[0].to(device), source[1].to(device)
+    data = BatchSource(source, device)  # resident on the device when it fits, else streamed
     uses_target = adaptor is not None and bool(getattr(adaptor, "uses_target", False))
     if uses_target and (target_images is None or len(target_images) == 0):
         raise ValueError("this adaptor needs target images, and none were given")
-    xt = target_images.to(device) if uses_target else None
+    target_data = BatchSource([target_images], device) if uses_target else None
 
     prepare = getattr(model.head, "prepare_backbone", None)
     if callable(prepare):
@@ -106,7 +107,7 @@ def train_model(
                               enabled=amp_dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
     generator = torch.Generator().manual_seed(settings.seed)
-    n = len(y)
+    n = len(data)
     batch = min(settings.batch_size, n)
     steps_per_epoch = max(1, n // batch)
     total = settings.epochs * steps_per_epoch
@@ -122,7 +123,7 @@ def train_model(
             model.backbone.eval()  # a frozen probe keeps its BatchNorm statistics too
         if adaptor is not None:
             adaptor.train()
-        order = torch.randperm(n, generator=generator).to(device)
+        order = torch.randperm(n, generator=generator).to(data.index_device)
         correct, seen = torch.zeros((), dtype=torch.long, device=device), 0
         for i in range(steps_per_epoch):
             progress = step / max(1, total)
@@ -131,11 +132,12 @@ def train_model(
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
             idx = order[i * batch:(i + 1) * batch]
-            xs, ys = x[idx], y[idx]
+            xs, ys = data.take(idx)
             with autocast:
-                if uses_target:
-                    tidx = torch.randint(len(xt), (len(idx),), generator=generator).to(device)
-                    feats = model.features(torch.cat([xs, xt[tidx]]))
+                if target_data is not None:
+                    tidx = torch.randint(len(target_data), (len(idx),), generator=generator)
+                    (xt,) = target_data.take(tidx)
+                    feats = model.features(torch.cat([xs, xt]))
                     fs, ft = feats[: len(idx)], feats[len(idx):]
                 else:
                     fs, ft = model.features(xs), None
