@@ -51,6 +51,11 @@ def grid(
     seed: Annotated[str | None, typer.Option(help="seed for everything")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (CUDA)")] = None,
+    compile_backend: Annotated[str | None, typer.Option(
+        "--compile", metavar="<backend>",
+        help="torch.compile the evaluated model with this backend (inductor, aot_eager, ...); "
+             "off by default. inductor needs a C++ compiler; compile time is paid once per model "
+             "and process, so it pays only on long grids or large models")] = None,
     executor: Annotated[str | None, typer.Option(help="executor name: local or ray")] = None,
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="Ray cluster address (implies --executor ray), e.g. auto")] = None,
@@ -83,7 +88,7 @@ def grid(
             data, dataset=dataset, target=target, backbones=_names(backbones),
             heads=_names(heads), adaptors=_names(adaptors), attacks=_names(attacks),
             eps=eps_table, limit=limit, epochs=epochs, seed=seed, device=device,
-            precision=precision,
+            precision=precision, compile=compile_backend,
             executor=executor, name=name, out=out_dir, fresh=True if fresh else None,
         )
         runner = Grid(cfg, progress=not quiet, console=err)

@@ -47,6 +47,10 @@ PARAM_TABLES: dict[str, str] = {
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("dann", "constant")
+#: ``compile`` values accepted without asking torch: off and the usual torch.compile
+#: backends; any other name that ``torch._dynamo.list_backends(exclude_tags=())`` lists is
+#: accepted too
+COMPILE_BACKENDS = ("off", "inductor", "aot_eager", "eager", "cudagraphs")
 
 
 @dataclass
@@ -74,6 +78,11 @@ class GridConfig:
     device: str = "auto"
     #: fp32, or autocast in bf16 / fp16 (fp16 on CUDA only) for training and attacks
     precision: str = "fp32"
+    #: "off", or a torch.compile backend for the evaluated model (clean passes, attacks and
+    #: verification; training is never compiled).  Unlike ``precision`` it is not part of
+    #: any task key: it changes speed, not results (equal to float rounding, like ``device``),
+    #: so switching it on or off resumes a run instead of recomputing it
+    compile: str = "off"
     executor: str = "local"
     out: str = "reports"
     fresh: bool = False
@@ -159,6 +168,35 @@ def check_threat(threat: str) -> None:
             + (f" (did you mean {hint[0]!r}?)" if hint else "")
             + f"; threat models are {', '.join(THREATS)}."
         )
+
+
+def torch_compile_backends() -> tuple[str, ...]:
+    """Every backend name this torch's ``torch.compile`` knows, or () if it cannot say."""
+    try:
+        from torch._dynamo import list_backends
+
+        return tuple(list_backends(exclude_tags=()))
+    except Exception:  # a private API: an older or newer torch may lack it
+        return ()
+
+
+def check_compile(value: Any) -> str:
+    """``"off"`` or a torch.compile backend name; anything else is a UsageError."""
+    name = value.strip() if isinstance(value, str) else None
+    if name in COMPILE_BACKENDS:
+        return name
+    known = torch_compile_backends()
+    if name and name in known:
+        return name
+    hint = closest(str(value), [*COMPILE_BACKENDS, *known], n=1)
+    raise UsageError(
+        f"Bad compile {value!r}"
+        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        + f": use {', '.join(COMPILE_BACKENDS[:-1])} or {COMPILE_BACKENDS[-1]}, or another "
+        f"backend listed by torch._dynamo.list_backends(exclude_tags=()). off is the default; "
+        f"inductor needs a C++ compiler (and Triton on a GPU); aot_eager and eager compile "
+        f"nothing and only check that the model traces."
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -308,6 +346,8 @@ def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> Gri
             if value not in PRECISIONS:
                 raise UsageError(f"Bad precision {value!r}: use {', '.join(PRECISIONS)}.")
             config.precision = value
+        elif key == "compile":
+            config.compile = check_compile(value)
         elif key == "target":
             config.target = None if value in ("", "none", None) else str(value)
         elif key in ("name",):

@@ -40,7 +40,14 @@ from robench.flags import add_flags
 from robench.host import PluginHost, check_params
 from robench.io import atomic_write_text
 from robench.memory import run_with_backoff
-from robench.models import RobenchModel, count_parameters, freeze, with_precision
+from robench.models import (
+    Compiled,
+    RobenchModel,
+    count_parameters,
+    freeze,
+    with_compile,
+    with_precision,
+)
 from robench.results import coerce_results
 from robench.specs import as_tensors
 from robench.store import Store, task_key
@@ -238,14 +245,22 @@ def train_job(*, run_dir: str, config: dict[str, Any], plan: dict[str, Any], key
 _MODEL_CACHE: dict[str, torch.nn.Module] = {}
 
 
-def _trained_model(run_dir: str, key: str, device: str,
-                   precision: str = "fp32") -> tuple[torch.nn.Module, dict]:
+def _trained_model(run_dir: str, key: str, device: str, precision: str = "fp32",
+                   compile_backend: str = "off") -> tuple[torch.nn.Module, dict]:
+    """The evaluated model of ``key`` at ``precision``, compiled with the torch.compile
+    backend ``compile_backend`` unless it is ``"off"``; cached while jobs use one model."""
     meta = json.loads((Path(run_dir) / "models" / f"{key}.json").read_text())
-    cache_key = f"{run_dir}:{key}:{device}:{precision}"
+    cache_key = f"{run_dir}:{key}:{device}:{precision}:{compile_backend}"
     if cache_key not in _MODEL_CACHE:
+        evicted = list(_MODEL_CACHE.values())
         _MODEL_CACHE.clear()  # one model at a time keeps memory flat on big grids
-        _MODEL_CACHE[cache_key] = with_precision(_load_trained(Path(run_dir), meta, device),
-                                                 precision, device)
+        if compile_backend != "off" or any(isinstance(m, Compiled) for m in evicted):
+            # dynamo keeps compiled graphs per forward *function*, not per model, and past
+            # torch._dynamo.config.recompile_limit (8) graphs it silently runs eager: without
+            # a reset, the later models of a grid would not be compiled at all
+            torch.compiler.reset()
+        model = with_precision(_load_trained(Path(run_dir), meta, device), precision, device)
+        _MODEL_CACHE[cache_key] = with_compile(model, compile_backend)
     return _MODEL_CACHE[cache_key], meta
 
 
@@ -269,7 +284,8 @@ def clean_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset: 
               device: str, with_class_images: bool = True) -> dict[str, Any]:
     """Clean accuracy, model diagnostics and class-maximisation images for one domain."""
     cfg = GridConfig(**config)
-    model, meta = _trained_model(run_dir, model_key, device, cfg.precision)
+    model, meta = _trained_model(run_dir, model_key, device, cfg.precision,
+                                 cfg.compile)
     bundle = _bundle(config, dataset)
     x, y = _eval_subset(bundle, cfg.limit)
     x, y = x.to(device), y.to(device)
@@ -293,7 +309,8 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
                attack: str, device: str) -> dict[str, Any]:
     """One attack on one model and domain over the whole eps list of its threat model."""
     cfg = GridConfig(**config)
-    model, meta = _trained_model(run_dir, model_key, device, cfg.precision)
+    model, meta = _trained_model(run_dir, model_key, device, cfg.precision,
+                                 cfg.compile)
     bundle = _bundle(config, dataset)
     x, y = _eval_subset(bundle, cfg.limit)
     x, y = x.to(device), y.to(device)

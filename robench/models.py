@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from robench.errors import UsageError
+from robench.memory import is_out_of_memory
 
 
 class Normalize(nn.Module):
@@ -76,6 +77,68 @@ def with_precision(model: nn.Module, precision: str, device: str) -> nn.Module:
         return model
     return Autocast(model, device_type=torch.device(device).type,
                     dtype=PRECISION_DTYPES[precision])
+
+
+class CompileError(RuntimeError):
+    """``torch.compile`` could not compile the evaluated model (at its first call)."""
+
+
+class Compiled(nn.Module):
+    """``torch.compile(model, backend=backend, dynamic=True)``, failing readably.
+
+    Dynamo compiles lazily, at the first call of each new input kind (grad mode, batch size
+    1, ...), so a backend that cannot work here (inductor without a C++ compiler) fails inside
+    a task.  That failure is re-raised as a :class:`CompileError` of one line naming the
+    backend and the way out, instead of dynamo's multi-line report, and every later call
+    fails at once with the same message rather than paying for the failed compile again.
+    Out-of-memory errors pass through unchanged, so the batch-size back-off still sees them.
+    """
+
+    def __init__(self, model: nn.Module, backend: str) -> None:
+        super().__init__()
+        # dynamic=True: attacks shrink the batch as samples fall, and one graph with a
+        # symbolic batch size serves them all instead of one recompile per size
+        self.compiled = torch.compile(model, backend=backend, dynamic=True)
+        self.backend = backend
+        self.training = model.training  # report the wrapped model's mode (foolbox checks it)
+        self._failure: str | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._failure is not None:
+            raise CompileError(self._failure)
+        try:
+            return self.compiled(x)
+        except Exception as exc:
+            from torch._dynamo.exc import TorchDynamoException
+
+            if not isinstance(exc, TorchDynamoException) or is_out_of_memory(exc):
+                raise
+            self._failure = compile_failure_message(self.backend, exc)
+            raise CompileError(self._failure) from exc
+
+
+def compile_failure_message(backend: str, exc: BaseException) -> str:
+    """One line: which backend failed, the first line of why, and what to do instead."""
+    inner = getattr(exc, "inner_exception", None)  # what the backend itself raised
+    text = f"{type(inner).__name__}: {inner}" if inner is not None else str(exc)
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.startswith("Set TORCHDYNAMO_VERBOSE")]
+    reason = lines[0].rstrip(".:") if lines else type(exc).__name__
+    advice = "Rerun with --compile off"
+    if backend != "aot_eager":
+        advice += " (or --compile aot_eager, which needs no C++ compiler)"
+    return (f"torch.compile backend {backend!r} failed on this model: {reason}. {advice}; "
+            f"compile is not part of the task keys, so finished tasks are kept.")
+
+
+def with_compile(model: nn.Module, backend: str) -> nn.Module:
+    """``model`` compiled with the torch.compile ``backend``, or itself for ``"off"``.
+
+    Results are the same as without compiling (to float rounding); only speed changes.
+    """
+    if backend == "off":
+        return model
+    return Compiled(model, backend)
 
 
 def count_parameters(module: nn.Module) -> int:
