@@ -243,6 +243,10 @@ def train_job(*, run_dir: str, config: dict[str, Any], plan: dict[str, Any], key
 
 
 _MODEL_CACHE: dict[str, torch.nn.Module] = {}
+#: per evaluated model (run, key, device, precision), the attack batch size that fitted after
+#: an out-of-memory back-off: later attacks on that model in this process start there instead
+#: of running out of memory again (the batch size used is stored with each task)
+_FITTING_BATCH: dict[str, int] = {}
 
 
 def _trained_model(run_dir: str, key: str, device: str, precision: str = "fp32",
@@ -331,7 +335,9 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
         # and keeps its clean outcome
         attackable = target != y
     eps_list = cfg.eps_values(threat)
-    batches = max(1, -(-int(correct.sum()) // cfg.eval_batch_size)) * (
+    fitting_key = f"{run_dir}:{model_key}:{device}:{cfg.precision}"
+    start_batch = min(cfg.eval_batch_size, _FITTING_BATCH.get(fitting_key, cfg.eval_batch_size))
+    batches = max(1, -(-int(correct.sum()) // start_batch)) * (
         1 if kind == "minimal" else len(eps_list))
     done = [0]
 
@@ -345,8 +351,10 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
             target=target, attackable=attackable, batch_size=size, seed=cfg.seed,
             keep_examples=EXAMPLES_PER_ATTACK, on_batch=tick,
             nested=threat not in ("corruption", "none")),
-        cfg.eval_batch_size,
+        start_batch,
     )
+    if batch_used < start_batch:
+        _FITTING_BATCH[fitting_key] = batch_used
     examples: dict[str, Any] = {}
     for outcome in outcomes:
         for index, adv in outcome.adversarial.items():

@@ -1,0 +1,64 @@
+"""Out-of-memory back-off in a grid, and the batch size each model keeps afterwards.
+
+A test attack runs out of memory above 16 images, as a real attack does on a GPU too small
+for the configured ``eval_batch_size``.  The first attack task on a model halves its batch
+until it fits; the later tasks on the same model start at the size that fitted instead of
+running out of memory again.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+import robench
+from robench.grid import run_grid
+from robench.host import PluginHost
+
+FITS = 16
+
+
+class MemoryHungry:
+    """One signed-gradient step that runs out of memory on batches above ``FITS`` images."""
+
+    threat = "linf"
+    seen: list[int] = []
+
+    def perturb(self, model, x, y, eps, target=None):  # noqa: ANN001
+        MemoryHungry.seen.append(len(x))
+        if len(x) > FITS:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        with torch.enable_grad():
+            x_req = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(model(x_req), y), x_req)
+        return (x + eps * grad.sign()).clamp(0, 1)
+
+
+def test_oom_backoff_and_the_batch_each_model_keeps(tmp_path) -> None:
+    plugin = types.ModuleType("memory_hungry")
+    plugin.robench_register_attacks = robench.hookimpl(lambda: [
+        robench.AttackSpec(name="hungry", factory=MemoryHungry, threat="linf")])
+    host = PluginHost.create(plugins=[plugin])
+    MemoryHungry.seen.clear()
+    rows = run_grid({
+        "name": "oom", "out": str(tmp_path), "dataset": "digits", "target": "digits-m",
+        "backbones": ["digits-cnn"], "heads": ["linear"], "adaptors": ["none"],
+        "attacks": ["hungry", "fgsm"], "eps": {"linf": ["2/255", "8/255"]}, "limit": 80,
+        "epochs": 2, "eval_batch_size": 64, "reporters": ["csv"],
+    }, host=host)
+    hungry = rows[rows.attack == "hungry"]
+    assert set(hungry.domain) == {"source", "target"}
+    assert (hungry.status == "ok").all(), hungry.error.tolist()
+    # the first task tried 64 and 32 (one failed chunk each) and then fitted at 16; the
+    # second task on the same model started at 16 and never ran out of memory
+    too_big = [n for n in MemoryHungry.seen if n > FITS]
+    assert len(too_big) == 2 and too_big[0] > too_big[1] > FITS
+    second = MemoryHungry.seen[MemoryHungry.seen.index(too_big[1]) + 1:]
+    assert second and max(second) <= FITS
+    # the numbers equal an FGSM step at the same eps (the back-off changed nothing else)
+    fgsm = rows[rows.attack == "fgsm"].set_index(["domain", "eps"]).robust_acc
+    pd.testing.assert_series_equal(hungry.set_index(["domain", "eps"]).robust_acc, fgsm,
+                                   check_names=False, atol=1e-9)
