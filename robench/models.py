@@ -63,6 +63,7 @@ class Autocast(nn.Module):
         self.model = model
         self.device_type = device_type
         self.dtype = dtype
+        self.training = model.training  # report the wrapped model's mode (foolbox checks it)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=self.device_type, dtype=self.dtype):

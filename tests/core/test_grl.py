@@ -103,4 +103,5 @@ def test_bf16_autocast_trains_and_returns_float32_logits():
     wrapped = with_precision(model.eval(), "bf16", "cpu")
     out = wrapped(x[:4])
     assert out.dtype == torch.float32
+    assert not wrapped.training  # an eval model stays reported as one (foolbox checks)
     assert (out.argmax(1) == model(x[:4]).argmax(1)).float().mean() >= 0.5
