@@ -27,7 +27,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 PRECISIONS = ["fp32", "bf16"]
 IMPLEMENTATIONS = ["ideal-10x-fwd-bwd", "robench-pgd", "torchattacks-PGD", "foolbox-LinfPGD"]
 STEPS = 10
-ROUNDS_INTERLEAVED = 8
+ROUNDS_INTERLEAVED = 16
 
 
 def _setting(device: str, precision: str):
