@@ -49,7 +49,7 @@ from robench.models import (
     with_precision,
 )
 from robench.results import coerce_results
-from robench.specs import as_tensors
+from robench.specs import DatasetBundle, as_tensors
 from robench.store import Store, task_key
 from robench.training import TrainSettings, train_model
 
@@ -284,15 +284,23 @@ def _load_trained(run_dir: Path, meta: dict[str, Any], device: str) -> torch.nn.
     return freeze(model).to(device).to(memory_format=torch.channels_last)
 
 
+def _evaluation_inputs(run_dir: str, config: dict[str, Any], model_key: str, dataset: str,
+                       device: str) -> tuple[GridConfig, torch.nn.Module, dict[str, Any],
+                                             DatasetBundle, torch.Tensor, torch.Tensor]:
+    """What an evaluation job starts from: the config, the evaluated model and its metadata,
+    the dataset, and its evaluated subset (``limit`` test images) on the device."""
+    cfg = GridConfig(**config)
+    model, meta = _trained_model(run_dir, model_key, device, cfg.precision, cfg.compile)
+    bundle = _bundle(config, dataset)
+    x, y = _eval_subset(bundle, cfg.limit)
+    return cfg, model, meta, bundle, x.to(device), y.to(device)
+
+
 def clean_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset: str,
               device: str, with_class_images: bool = True) -> dict[str, Any]:
     """Clean accuracy, model diagnostics and class-maximisation images for one domain."""
-    cfg = GridConfig(**config)
-    model, meta = _trained_model(run_dir, model_key, device, cfg.precision,
-                                 cfg.compile)
-    bundle = _bundle(config, dataset)
-    x, y = _eval_subset(bundle, cfg.limit)
-    x, y = x.to(device), y.to(device)
+    cfg, model, _meta, bundle, x, y = _evaluation_inputs(run_dir, config, model_key, dataset,
+                                                         device)
     start = time.perf_counter()
     logits = logits_of(model, x, batch_size=cfg.eval_batch_size)
     correct = logits.argmax(1) == y
@@ -312,12 +320,8 @@ def clean_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset: 
 def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset: str,
                attack: str, device: str) -> dict[str, Any]:
     """One attack on one model and domain over the whole eps list of its threat model."""
-    cfg = GridConfig(**config)
-    model, meta = _trained_model(run_dir, model_key, device, cfg.precision,
-                                 cfg.compile)
-    bundle = _bundle(config, dataset)
-    x, y = _eval_subset(bundle, cfg.limit)
-    x, y = x.to(device), y.to(device)
+    cfg, model, meta, bundle, x, y = _evaluation_inputs(run_dir, config, model_key, dataset,
+                                                        device)
     params = cfg.plugin_params("attack", attack)
     target_mode = params.pop("target", None)
     spec, _ = _host().resolve("attack", attack)
