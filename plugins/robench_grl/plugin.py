@@ -68,7 +68,8 @@ class DANN(nn.Module):
         self.weight, self.gamma, self.max_lambda = weight, gamma, max_lambda
         self.lambda_schedule, self.lr_schedule = lambda_schedule, lr_schedule
         self.lr_alpha, self.lr_beta = lr_alpha, lr_beta
-        self._recent: deque[float] = deque(maxlen=50)  # accuracy of the last batches
+        # accuracy of the last batches, kept on the device: read once, by metrics()
+        self._recent: deque[torch.Tensor] = deque(maxlen=50)
         self.last_lambda = 0.0
         if lr_schedule is not None:  # an explicit schedule overrides the grid's
             self.lr_factor = self._lr_factor
@@ -89,11 +90,11 @@ class DANN(nn.Module):
         features = grad_reverse(torch.cat([source, target]), self.last_lambda)
         logits = self.domain_classifier(features).squeeze(1)
         labels = torch.cat([source.new_zeros(len(source)), source.new_ones(len(target))])
-        self._recent.append(float(((logits > 0).float() == labels).float().mean()))
+        self._recent.append(((logits.detach() > 0).float() == labels).float().mean())
         return self.weight * F.binary_cross_entropy_with_logits(logits, labels)
 
     def metrics(self) -> dict[str, float]:
-        acc = sum(self._recent) / len(self._recent) if self._recent else float("nan")
+        acc = float(torch.stack(list(self._recent)).mean()) if self._recent else float("nan")
         return {"domain_classifier_acc": acc, "final_lambda": self.last_lambda}
 
 

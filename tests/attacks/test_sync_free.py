@@ -2,55 +2,25 @@
 
 A GPU runs kernels asynchronously; anything that needs a device value on the host (``.item()``,
 ``bool(t)``, ``nonzero``, boolean-mask indexing, whose result shape depends on the data) makes
-the host wait for the whole queue.  The tests count such operations through a
-``TorchFunctionMode``, which sees every tensor operation on any device, so the property is
-checked on the CPU: with compaction turned off, an attack makes exactly as many host reads with
-10 steps as with 30, i.e. none per step.  The working-set compaction (the only place rows are
-dropped) is checked to change nothing but the cost.
+the host wait for the whole queue.  The tests count such operations with
+``robench.testing.HostReads`` (a ``TorchFunctionMode``, which sees every tensor operation on
+any device), so the property is checked on the CPU: with compaction turned off, an attack
+makes exactly as many host reads with 10 steps as with 30, i.e. none per step.  The
+working-set compaction (the only place rows are dropped) is checked to change nothing but
+the cost.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytest
 import robench_attacks.plugin as P
 import torch
 from attack_helpers import Counting
 from robench_attacks.working_set import DEVICE_COMPACT_EVERY, compact_interval
-from torch.overrides import TorchFunctionMode
 
-#: operations whose result needs a device value on the host
-_HOST_READS = {"__bool__", "item", "tolist", "nonzero", "argwhere", "__int__", "__float__",
-               "__index__", "masked_select", "unique", "unique_consecutive"}
+from robench.testing import HostReads
+
 NEVER = 10**9  # a compaction interval no loop reaches
-
-
-def _has_bool_tensor(arg: Any) -> bool:
-    if isinstance(arg, torch.Tensor):
-        return arg.dtype == torch.bool
-    if isinstance(arg, (tuple, list)):
-        return any(_has_bool_tensor(a) for a in arg)
-    return False
-
-
-class HostReads(TorchFunctionMode):
-    """Counts the tensor operations that synchronise a device with the host."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-        self.names: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        name = getattr(func, "__name__", "")
-        masked = name in ("__getitem__", "__setitem__", "index_put", "index_put_") and \
-            _has_bool_tensor(args[1:2])
-        single_where = name == "where" and len(args) == 1 and not kwargs
-        if name in _HOST_READS or masked or single_where:
-            self.count += 1
-            self.names.append(name)
-        return func(*args, **(kwargs or {}))
 
 
 def _attack(name: str, budget: int) -> P.NativeAttack:

@@ -73,3 +73,23 @@ def test_pinned_streaming_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     for i, (xs, ys) in enumerate(batches):  # a reused buffer never overwrote a batch in use
         assert xs.is_cuda and torch.equal(xs.cpu(), x[i * 8:(i + 1) * 8])
         assert torch.equal(ys.cpu(), y[i * 8:(i + 1) * 8])
+
+
+def test_training_reads_the_device_once_not_per_step() -> None:
+    """Loss, accuracy and DANN's domain accuracy stay on the device during training: 1 epoch
+    and 3 epochs make the same number of host reads.  AdamW's own ``.item()`` calls are not
+    counted: without ``capturable`` it keeps its step counters on the CPU, so they never wait
+    for a GPU."""
+    from robench.testing import HostReads
+
+    counts = []
+    for epochs in (1, 3):
+        torch.manual_seed(0)
+        model = RobenchModel(DigitsCNN(image_size=32, in_chans=3),
+                             linear(num_features=1200, num_classes=10), in_chans=3)
+        x, y = _digits(64)
+        with HostReads(ignore=("torch/optim/",)) as reads:
+            train_model(model, (x, y), settings=TrainSettings(epochs=epochs, batch_size=16),
+                        adaptor=DANN(1200), target_images=1 - x)
+        counts.append((reads.count, sorted(set(reads.names))))
+    assert counts[0][0] == counts[1][0], counts
