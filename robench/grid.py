@@ -243,9 +243,11 @@ def train_job(*, run_dir: str, config: dict[str, Any], plan: dict[str, Any], key
 
 
 _MODEL_CACHE: dict[str, torch.nn.Module] = {}
-#: per evaluated model (run, key, device, precision), the attack batch size that fitted after
-#: an out-of-memory back-off: later attacks on that model in this process start there instead
-#: of running out of memory again (the batch size used is stored with each task)
+#: per evaluated model and attack (run, key, device, precision, attack), the batch size that
+#: fitted after an out-of-memory back-off: the attack's task on the model's other domain starts
+#: there instead of running out of memory again.  Keyed by attack too, so a memory-hungry
+#: attack never shrinks the batch (and so the random draws) of another one, and a task rerun
+#: alone backs off to the same size (the batch size used is stored with each task)
 _FITTING_BATCH: dict[str, int] = {}
 
 
@@ -339,7 +341,7 @@ def attack_job(*, run_dir: str, config: dict[str, Any], model_key: str, dataset:
         # and keeps its clean outcome
         attackable = target != y
     eps_list = cfg.eps_values(threat)
-    fitting_key = f"{run_dir}:{model_key}:{device}:{cfg.precision}"
+    fitting_key = f"{run_dir}:{model_key}:{device}:{cfg.precision}:{attack}"
     start_batch = min(cfg.eval_batch_size, _FITTING_BATCH.get(fitting_key, cfg.eval_batch_size))
     batches = max(1, -(-int(correct.sum()) // start_batch)) * (
         1 if kind == "minimal" else len(eps_list))

@@ -3,9 +3,10 @@
 A dataset that fits comfortably in the device's free memory is copied there once, and every
 batch is an index into it: no host work and no copy per step.  A larger one stays in host
 memory; each batch is gathered on the host into one of two page-locked (pinned) buffers and
-copied with ``non_blocking=True``, so the copy of one batch overlaps the computation of the
-previous one.  A buffer is reused only after the copy out of it has finished (a CUDA event),
-never while the device may still be reading it.
+copied with ``non_blocking=True`` on a side CUDA stream, so the copy of one batch overlaps
+the computation of the previous one, and the compute stream waits for the copy before using
+the batch.  A buffer is reused only after the copy out of it has finished (a CUDA event
+recorded on the copy stream of the data's own device), never while it may still be read.
 
 On the CPU the data is always "resident": it is already where the computation runs.
 """
@@ -47,6 +48,7 @@ class BatchSource:
         self.pinned = not self.resident and self.device.type == "cuda"
         self._buffers: list[list[torch.Tensor]] = [[], []]
         self._events: list[torch.cuda.Event | None] = [None, None]
+        self._copy_stream: torch.cuda.Stream | None = None
         self._slot = 0
 
     def __len__(self) -> int:
@@ -74,11 +76,19 @@ class BatchSource:
             buffers = [torch.empty((len(idx), *t.shape[1:]), dtype=t.dtype).pin_memory()
                        for t in self.tensors]
             self._buffers[slot] = buffers
-        moved = []
         for t, buffer in zip(self.tensors, buffers, strict=True):
             torch.index_select(t, 0, idx, out=buffer)
-            moved.append(buffer.to(self.device, non_blocking=True))
-        event = torch.cuda.Event()
-        event.record()
+        # the copy runs on a side stream, so it overlaps the computation queued on the
+        # compute stream; the compute stream waits for it before using the batch
+        compute = torch.cuda.current_stream(self.device)
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            moved = [buffer.to(self.device, non_blocking=True) for buffer in buffers]
+            event = torch.cuda.Event()
+            event.record(self._copy_stream)
+        compute.wait_stream(self._copy_stream)
+        for tensor in moved:
+            tensor.record_stream(compute)  # the allocator must not reuse it before compute
         self._events[slot] = event
         return moved

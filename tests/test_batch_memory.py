@@ -1,9 +1,9 @@
 """Out-of-memory back-off in a grid, and the batch size each model keeps afterwards.
 
 A test attack runs out of memory above 16 images, as a real attack does on a GPU too small
-for the configured ``eval_batch_size``.  The first attack task on a model halves its batch
-until it fits; the later tasks on the same model start at the size that fitted instead of
-running out of memory again.
+for the configured ``eval_batch_size``.  Its first task on a model halves the batch until it
+fits; its task on the model's other domain starts at the size that fitted instead of running
+out of memory again, and other attacks keep the configured batch.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_oom_backoff_and_the_batch_each_model_keeps(tmp_path) -> None:
     assert set(hungry.domain) == {"source", "target"}
     assert (hungry.status == "ok").all(), hungry.error.tolist()
     # the first task tried 64 and 32 (one failed chunk each) and then fitted at 16; the
-    # second task on the same model started at 16 and never ran out of memory
+    # task on the other domain started at 16 and never ran out of memory
     too_big = [n for n in MemoryHungry.seen if n > FITS]
     assert len(too_big) == 2 and too_big[0] > too_big[1] > FITS
     second = MemoryHungry.seen[MemoryHungry.seen.index(too_big[1]) + 1:]
@@ -62,3 +62,13 @@ def test_oom_backoff_and_the_batch_each_model_keeps(tmp_path) -> None:
     fgsm = rows[rows.attack == "fgsm"].set_index(["domain", "eps"]).robust_acc
     pd.testing.assert_series_equal(hungry.set_index(["domain", "eps"]).robust_acc, fgsm,
                                    check_names=False, atol=1e-9)
+    # the batch each task used is stored with it: hungry 16, fgsm the configured 64
+    import json
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "oom" / "results.sqlite") as db:
+        used = {label: json.loads(payload)["batch_size"] for label, payload in db.execute(
+            "SELECT label, payload FROM tasks WHERE kind = 'attack'")}
+    assert {label.split()[0] + " " + str(size) for label, size in used.items()} == {
+        f"hungry {FITS}", "fgsm 64"}, used
+    assert len(used) == 4

@@ -5,8 +5,9 @@ Every native attack follows the same rules, so they live here once:
 * inputs are pixel-space images in [0, 1]; the model normalises internally;
 * gradients are taken with respect to the input only, with ``torch.autograd.grad``, so a
   model whose parameters were left trainable still gets no ``.grad`` written on them;
-* samples that are already adversarial leave the working batch (early exit): the harness
-  counts gradient evaluations on the model input, so cost follows the samples still robust;
+* samples that are already adversarial leave the working batch (early exit, see
+  ``working_set``): the harness counts gradient evaluations on the model input, so cost
+  follows the samples still robust;
 * randomness comes from the global torch RNG (seeded per task by the harness) unless the
   attack was built with ``seed=``, in which case a private generator is used.
 """

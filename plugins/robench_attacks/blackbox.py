@@ -92,8 +92,9 @@ class Square(BoundedAttack):
     it lowers the margin loss (untargeted: ``z_y - max_{i!=y} z_i``) or the cross-entropy to
     the target (targeted).  The window's area fraction starts at ``p_init=0.8`` and halves
     on AutoAttack's schedule.  ``queries=5000`` (AutoAttack's budget) is the number of model
-    evaluations per sample, initialisation included; fooled samples stop querying at once.
-    No gradients are computed.
+    evaluations per sample, initialisation included; fooled samples stop querying (at once
+    on the CPU, within ``DEVICE_COMPACT_EVERY`` queries on a GPU, where dropping them costs a
+    host synchronisation).  No gradients are computed.
     """
 
     name = "square"
@@ -134,16 +135,17 @@ class Square(BoundedAttack):
         every = self.compaction(x)
         for i in range(self.queries - 1):
             if i % every == 0:  # drop fooled samples: one host synchronisation
-                idx = idx[margin[idx] > 0]
+                idx = idx.index_select(0, (margin.index_select(0, idx) > 0).nonzero()[:, 0])
                 if idx.numel() == 0:
                     break
-            m = idx.numel()
             p = _square_fraction(self.p_init, i, self.queries)
             s = min(max(int(round(math.sqrt(p * h * w))), 1), h, w)
-            top = self.rng.randint(0, h - s + 1, (m,), x.device).view(m, 1, 1, 1)
-            left = self.rng.randint(0, w - s + 1, (m,), x.device).view(m, 1, 1, 1)
+            # proposals are drawn for the whole batch and taken for the rows still attacked,
+            # so each sample's proposals do not depend on which others have fallen
+            top = self.rng.randint(0, h - s + 1, (n,), x.device)[idx].view(-1, 1, 1, 1)
+            left = self.rng.randint(0, w - s + 1, (n,), x.device)[idx].view(-1, 1, 1, 1)
             window = (rows >= top) & (rows < top + s) & (cols >= left) & (cols < left + s)
-            signs = torch.where(self.rng.rand((m, c, 1, 1), x) < 0.5, -radius, radius)
+            signs = torch.where(self.rng.rand((n, c, 1, 1), x)[idx] < 0.5, -radius, radius)
             x_cur = x[idx]
             proposal = torch.where(window, x_cur + signs.to(x.dtype), x_best[idx])
             proposal = project(proposal, x_cur, radius, "linf")

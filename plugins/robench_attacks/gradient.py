@@ -1,9 +1,11 @@
 """White-box, eps-bounded gradient attacks: FGSM, PGD (Linf, L2, SLIDE-L1) and APGD.
 
 All of them are batched and pure PyTorch in pixel space, and drop a sample from the working
-batch as soon as one of its iterates is adversarial: that iterate is returned, and the
-sample costs no further gradient evaluations.  A sample never fooled gets the last iterate
-(PGD) or its highest-loss iterate (APGD), always inside the eps ball and [0, 1].
+batch once one of its iterates is adversarial: that iterate is returned, and the sample
+costs no further gradient evaluations (dropped at once on the CPU, within
+``DEVICE_COMPACT_EVERY`` steps on a GPU: see ``working_set``).  A sample never fooled gets
+the last iterate (PGD) or its highest-loss iterate (APGD), always inside the eps ball and
+[0, 1].
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ class DeepFool(NativeAttack):
     decision boundary among the ``candidates`` (default 10) classes with the highest initial
     logits, accumulating the steps; the image returned is ``x + (1 + overshoot) * total``
     clipped to [0, 1], with ``overshoot=0.02`` so it lands past the boundary.  At most
-    ``steps=50`` iterations; a sample leaves the batch as soon as it is adversarial.
+    ``steps=50`` iterations; a sample leaves the batch once it is adversarial (see
+    ``working_set`` for when, on a GPU).
 
     Cost per iteration: one forward and ``candidates - 1`` backward passes through it (one
     per linearised boundary), plus a final plain forward to check the last iterate.
@@ -226,13 +227,13 @@ class CarliniWagnerL2(NativeAttack):
             w = w - self.step_size * m_hat / (v_hat.sqrt() + 1e-8)
 
             if self.abort_early and t % check_every == 0:
-                keep = objective <= 0.9999 * previous
+                # the one host synchronisation of the loop, every steps // 10 steps
+                keep = (objective <= 0.9999 * previous).nonzero()[:, 0]
                 previous = objective
-                if not keep.all():
+                if keep.numel() < idx.numel():
                     idx, w, m, v, x_a, y_a, c_a, previous = (
-                        idx[keep], w[keep], m[keep], v[keep], x_a[keep], y_a[keep],
-                        c_a[keep], previous[keep])
-                    t_a = None if t_a is None else t_a[keep]
+                        t.index_select(0, keep) for t in (idx, w, m, v, x_a, y_a, c_a, previous))
+                    t_a = None if t_a is None else t_a.index_select(0, keep)
                     if idx.numel() == 0:
                         break
         return found

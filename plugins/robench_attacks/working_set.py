@@ -14,7 +14,8 @@ host synchronisation).  Doing that at every step would idle the GPU once per ste
 On the CPU there is no queue to drain, so ``every`` is 1 and rows leave at once (exactly the
 cost of per-step early exit).  On other devices rows leave every :data:`DEVICE_COMPACT_EVERY`
 steps; in between a finished row keeps being computed (and counted as a gradient evaluation
-by the harness), but what it returns is already fixed.  Results do not depend on ``every``:
+by the harness, so ``grad_evals`` on a GPU can exceed the CPU's by up to ``every - 1`` steps per
+fooled sample), but what it returns is already fixed.  Results do not depend on ``every``:
 rows never interact, and the first adversarial iterate of each sample is the one returned.
 """
 
@@ -76,15 +77,16 @@ class WorkingSet:
         self.done = self.done | is_adv
 
     def compact(self, step: int) -> None:
-        """Drop the settled rows if ``step`` is a compaction step (one synchronisation)."""
+        """Drop the settled rows if ``step`` is a compaction step: one synchronisation (the
+        indices of the rows kept), then index-based gathers that need none."""
         if (step + 1) % self.every:
             return
-        if not bool(self.done.any()):
+        keep = (~self.done).nonzero().squeeze(1)
+        if keep.numel() == self.done.numel():
             return
-        keep = ~self.done
-        self.state = {key: value[keep] for key, value in self.state.items()}
-        self.idx = self.idx[keep]
-        self.done = self.done[keep]
+        self.state = {key: value.index_select(0, keep) for key, value in self.state.items()}
+        self.idx = self.idx.index_select(0, keep)
+        self.done = self.done.index_select(0, keep)
 
     def finish(self, x_last: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(out, fooled)``; rows never settled return ``x_last`` (or stay the input)."""

@@ -63,15 +63,26 @@ def test_placement_follows_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.equal(xs, x[[3, 1, 3]]) and torch.equal(ys, y[[3, 1, 3]])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_pinned_streaming_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+CUDA_DEVICES = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+@pytest.mark.skipif(not CUDA_DEVICES, reason="needs a CUDA device")
+@pytest.mark.parametrize("device", CUDA_DEVICES or ["cuda:0"])
+def test_pinned_streaming_on_cuda(monkeypatch: pytest.MonkeyPatch, device: str) -> None:
+    """Every batch arrives intact although the copy stream is held back (``_sleep``), so a
+    pinned buffer reused before its copy finished would show; on every GPU, since the event
+    must be recorded on the data's own device."""
     x, y = _digits(64)
     monkeypatch.setattr(placement, "resident_budget", lambda device: 0)
-    source = BatchSource([x, y], "cuda")
+    source = BatchSource([x, y], device)
     assert source.pinned
-    batches = [source.take(torch.arange(i, i + 8)) for i in range(0, 64, 8)]
-    for i, (xs, ys) in enumerate(batches):  # a reused buffer never overwrote a batch in use
-        assert xs.is_cuda and torch.equal(xs.cpu(), x[i * 8:(i + 1) * 8])
+    batches = [source.take(torch.arange(0, 8))]
+    with torch.cuda.stream(source._copy_stream):
+        torch.cuda._sleep(10**8)  # about 0.1 s of GPU time before the next copies may run
+    batches += [source.take(torch.arange(i, i + 8)) for i in range(8, 64, 8)]
+    for i, (xs, ys) in enumerate(batches):
+        assert str(xs.device) == device
+        assert torch.equal(xs.cpu(), x[i * 8:(i + 1) * 8])
         assert torch.equal(ys.cpu(), y[i * 8:(i + 1) * 8])
 
 
