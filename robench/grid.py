@@ -590,33 +590,45 @@ class Grid:
         def pending(jobs: Iterable[jobs_mod.Job]) -> list[jobs_mod.Job]:
             return [j for j in jobs if self.store.status(j.key) != "ok"]
 
-        train_jobs = pending(
-            jobs_mod.Job(key=self.train_keys[p.name], kind="train", label=f"train {p.name}",
-                         fn=train_job, resources=resources,
-                         kwargs={"run_dir": run_dir, "config": config_dict, "plan": asdict(p),
-                                 "key": self.train_keys[p.name], "device": self.device})
+        train_jobs = {
+            p.name: jobs_mod.Job(
+                key=self.train_keys[p.name], kind="train", label=f"train {p.name}",
+                fn=train_job, resources=resources,
+                kwargs={"run_dir": run_dir, "config": config_dict, "plan": asdict(p),
+                        "key": self.train_keys[p.name], "device": self.device})
             for p in plans
-        )
-        self._execute(executor, train_jobs, "training")
-        eval_jobs = []
-        for plan in plans:
+        }
+
+        def evaluations(plan: ModelPlan) -> list[jobs_mod.Job]:
             key = self.train_keys[plan.name]
-            if self.store.status(key) != "ok":
-                continue
+            jobs = []
             for domain, dataset in _domains(cfg):
                 common = {"run_dir": run_dir, "config": config_dict, "model_key": key,
                           "dataset": dataset, "device": self.device}
-                eval_jobs.append(jobs_mod.Job(
+                jobs.append(jobs_mod.Job(
                     key=self._clean_key(key, domain, dataset), kind="clean",
                     label=f"clean {plan.name} [{domain}]", fn=clean_job,
                     kwargs={**common, "with_class_images": domain == "source"},
-                    resources=resources))
+                    resources=resources, after=(key,)))
                 for attack in cfg.attacks:
-                    eval_jobs.append(jobs_mod.Job(
+                    jobs.append(jobs_mod.Job(
                         key=self._attack_key(key, domain, dataset, attack), kind="attack",
                         label=f"{attack} on {plan.name} [{domain}]", fn=attack_job,
-                        kwargs={**common, "attack": attack}, resources=resources))
-        self._execute(executor, pending(eval_jobs), "evaluation")
+                        kwargs={**common, "attack": attack}, resources=resources,
+                        after=(key,)))
+            return jobs
+
+        if getattr(executor, "supports_dependencies", False):
+            # one call: each model's evaluations follow its training, and start as soon
+            # as it succeeds (on a cluster, while other models still train)
+            self._execute(executor, pending(
+                job for plan in plans
+                for job in [train_jobs[plan.name], *evaluations(plan)]), "grid")
+        else:  # an executor that ignores Job.after: training first, then evaluation
+            self._execute(executor, pending(train_jobs.values()), "training")
+            self._execute(executor, pending(
+                job for plan in plans if self.store.status(self.train_keys[plan.name]) == "ok"
+                for job in evaluations(plan)), "evaluation")
         results = self.results()
         self.write_outputs(results)
         return results
@@ -628,6 +640,9 @@ class Grid:
         with _ProgressDisplay(self.progress, len(jobs), phase, self.console) as display:
             for outcome in executor.run(jobs):
                 job = by_key[outcome.key]
+                if outcome.skipped:  # its model did not train: not stored, retried next time
+                    display.advance(f"{job.label} (skipped: its model did not train)", True)
+                    continue
                 if outcome.ok:
                     self.store.put(job.key, kind=job.kind, label=job.label, status="ok",
                                    payload=outcome.result or {})

@@ -31,6 +31,10 @@ class Job:
     kwargs: dict[str, Any] = field(default_factory=dict)
     #: resources a cluster executor may request (e.g. {"gpus": 1})
     resources: dict[str, float] = field(default_factory=dict)
+    #: keys of jobs that must finish successfully before this one starts (an attack job
+    #: waits for its model's training job); keys not among the jobs of the same ``run``
+    #: call are already done
+    after: tuple[str, ...] = ()
 
     def execute(self) -> JobOutcome:
         """Run the job; an exception becomes a failed outcome (Ctrl-C still stops the run)."""
@@ -51,9 +55,66 @@ class JobOutcome:
     result: dict[str, Any] | None
     error: str = ""
     traceback: str = ""
+    #: not run, because a job it depends on failed (the driver does not store it, so it
+    #: runs when its dependency succeeds on a later invocation)
+    skipped: bool = False
+
+
+class Dependencies:
+    """Which jobs of one ``run`` call may start, for executors that honour ``Job.after``.
+
+    ``next_ready()`` gives the first job, in the order given, whose dependencies have all
+    succeeded; ``ready()`` all of them.  ``finished(outcome)`` records an outcome and returns
+    the outcomes of the jobs it makes impossible: every job depending on a failed one,
+    directly or not, is skipped.
+    """
+
+    def __init__(self, jobs: Iterable[Job]) -> None:
+        self.waiting: dict[str, Job] = {job.key: job for job in jobs}
+        self.blockers = {key: {k for k in job.after if k in self.waiting and k != key}
+                         for key, job in self.waiting.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self.waiting)
+
+    def next_ready(self) -> Job | None:
+        for key, job in self.waiting.items():
+            if not self.blockers[key]:
+                del self.waiting[key]
+                return job
+        return None
+
+    def ready(self) -> list[Job]:
+        jobs = [job for key, job in self.waiting.items() if not self.blockers[key]]
+        for job in jobs:
+            del self.waiting[job.key]
+        return jobs
+
+    def finished(self, outcome: JobOutcome) -> list[JobOutcome]:
+        if outcome.ok:
+            for blockers in self.blockers.values():
+                blockers.discard(outcome.key)
+            return []
+        skipped: list[JobOutcome] = []
+        failed = [(outcome.key, outcome.key)]  # (failed key, the job that failed at the root)
+        while failed:
+            key, root = failed.pop()
+            for other, blockers in self.blockers.items():
+                if key in blockers and other in self.waiting:
+                    del self.waiting[other]
+                    skipped.append(JobOutcome(key=other, ok=False, result=None, skipped=True,
+                                              error=f"skipped: job {root} failed"))
+                    failed.append((other, root))
+        return skipped
 
 
 class Executor(Protocol):
     def run(self, jobs: Iterable[Job]) -> Iterator[JobOutcome]:
-        """Run jobs, yielding outcomes as they finish (in any order)."""
+        """Run jobs, yielding outcomes as they finish (in any order).
+
+        An executor whose class sets ``supports_dependencies = True`` receives the whole grid
+        in one call and must start a job only after every job in its ``after`` succeeded
+        (:class:`Dependencies` does the bookkeeping).  Otherwise the driver calls ``run``
+        twice: the training jobs, then the evaluation jobs of the models that trained.
+        """
         ...

@@ -1,13 +1,14 @@
 """The Ray executor: every grid job becomes a Ray task; outcomes stream back as tasks finish.
 
-The driver calls :meth:`RayExecutor.run` once with the training jobs and once with the clean
-and attack jobs, so the jobs of one call are independent: all of them are submitted at once
-and their outcomes are yielded in the order they finish (``ray.wait``).  Workers never touch
+The driver calls :meth:`RayExecutor.run` once with the whole grid: a training job is
+submitted at once, and the clean and attack jobs of a model as soon as its training job has
+succeeded (``Job.after``), so models are evaluated while others still train.  Outcomes are
+yielded in the order they finish (``ray.wait``).  Workers never touch
 the store; they write trained weights into the run folder, which every worker and the driver
 must see at the same path (one machine, or a shared file system).
 
 A Ray instance this executor started itself (no ``address``, no ``$RAY_ADDRESS``) lives as
-long as the executor: it serves both phases of a grid and is shut down by :meth:`close`,
+long as the executor: it serves every `run` call of a grid and is shut down by :meth:`close`,
 when the executor is garbage-collected, or at interpreter exit.  A Ray session that was
 already initialised in this process (a notebook, a test) is used as it is and left running.
 
@@ -29,6 +30,7 @@ from typing import Any
 
 import robench
 from robench import Job, JobOutcome
+from robench.jobs import Dependencies
 
 #: the oldest Ray this executor is tested against (pyproject's ``ray`` extra)
 MIN_RAY_VERSION = "2.9"
@@ -120,6 +122,9 @@ def _summary(exc: BaseException) -> str:
 class RayExecutor:
     """Runs grid jobs as Ray tasks and yields their outcomes as they finish.
 
+    It honours ``Job.after`` (``supports_dependencies``): the driver hands it the whole grid
+    at once, and each model's evaluations start as soon as that model is trained.
+
     Keyword-only options, all from the ``[executor.ray]`` table:
 
     ``address``
@@ -145,6 +150,8 @@ class RayExecutor:
     ``ray_version`` is the installed Ray's version, checked against :data:`MIN_RAY_VERSION`
     (the plugin's factory passes it; it is not a config key).
     """
+
+    supports_dependencies = True
 
     def __init__(
         self,
@@ -218,7 +225,7 @@ class RayExecutor:
         """Make sure this process is attached to Ray, starting a local instance if asked.
 
         Idempotent: a Ray session that is already initialised (by this executor between the
-        two phases of a grid, or by the caller) is used as it is.
+        calls of a grid, or by the caller) is used as it is.
         """
         ray = self._ray()
         if ray.is_initialized():
@@ -368,10 +375,12 @@ class RayExecutor:
         return outcome
 
     def run(self, jobs: Iterable[Job]) -> Iterator[JobOutcome]:
-        """Submit every job as a Ray task and yield one outcome per job as each finishes.
+        """Submit jobs as Ray tasks and yield one outcome per job as each finishes.
 
-        Stopping early (the driver interrupted, the generator closed) cancels the tasks that
-        have not finished.
+        A job is submitted once every job in its ``after`` has succeeded (an attack task as
+        soon as its model is trained, while other models still train); a job whose
+        dependency failed is skipped.  Stopping early (the driver interrupted, the generator
+        closed) cancels the tasks that have not finished.
         """
         jobs = list(jobs)
         if not jobs:
@@ -383,20 +392,27 @@ class RayExecutor:
         if self._remote is None:
             self._remote = ray.remote(run_job)
         threads = max(1, int(self.cpus_per_task))
+        waiting = Dependencies(jobs)
         pending: dict[Any, Job] = {}
         try:
-            for job in jobs:
-                try:
-                    ref = self._remote.options(**self.task_options(job)).remote(
-                        self.prepare(job), threads=threads)
-                except Exception as exc:  # e.g. a job that cannot be pickled
-                    yield _failed(job, f"ray could not submit the job: {_summary(exc)}")
-                    continue
-                pending[ref] = job
-            while pending:
+            while waiting or pending:
+                for job in waiting.ready():
+                    try:
+                        ref = self._remote.options(**self.task_options(job)).remote(
+                            self.prepare(job), threads=threads)
+                    except Exception as exc:  # e.g. a job that cannot be pickled
+                        outcome = _failed(job, f"ray could not submit the job: {_summary(exc)}")
+                        yield outcome
+                        yield from waiting.finished(outcome)
+                        continue
+                    pending[ref] = job
+                if not pending:
+                    break  # what is still waiting depends on jobs that failed to submit
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
-                    yield self._collect(ray, ref, pending.pop(ref))
+                    outcome = self._collect(ray, ref, pending.pop(ref))
+                    yield outcome
+                    yield from waiting.finished(outcome)
         finally:
             for ref in pending:
                 try:

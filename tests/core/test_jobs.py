@@ -1,0 +1,45 @@
+"""Job dependencies: the bookkeeping executors use to honour ``Job.after``."""
+
+from __future__ import annotations
+
+from robench.jobs import Dependencies, Job, JobOutcome
+
+
+def _job(key: str, *after: str) -> Job:
+    return Job(key=key, kind="attack" if after else "train", label=key, fn=dict, after=after)
+
+
+def _ok(key: str) -> JobOutcome:
+    return JobOutcome(key=key, ok=True, result={})
+
+
+def test_a_job_waits_for_its_dependencies_in_the_call() -> None:
+    deps = Dependencies([_job("a"), _job("a1", "a"), _job("b"), _job("b1", "b", "stored")])
+    # "stored" is not among the jobs: it finished on an earlier invocation
+    assert [j.key for j in deps.ready()] == ["a", "b"]
+    assert deps.ready() == [] and deps
+    assert deps.finished(_ok("b")) == []
+    assert [j.key for j in deps.ready()] == ["b1"]
+    deps.finished(_ok("a"))
+    assert deps.next_ready().key == "a1"
+    assert deps.next_ready() is None and not deps
+
+
+def test_next_ready_follows_the_given_order() -> None:
+    deps = Dependencies([_job("a"), _job("a1", "a"), _job("b"), _job("b1", "b")])
+    order = []
+    while (job := deps.next_ready()) is not None:
+        order.append(job.key)
+        deps.finished(_ok(job.key))
+    assert order == ["a", "a1", "b", "b1"]  # a model is evaluated before the next trains
+
+
+def test_a_failure_skips_everything_that_depends_on_it() -> None:
+    deps = Dependencies([_job("a"), _job("a1", "a"), _job("a2", "a1"), _job("b"),
+                         _job("b1", "b")])
+    assert [j.key for j in deps.ready()] == ["a", "b"]
+    skipped = deps.finished(JobOutcome(key="a", ok=False, result=None, error="boom"))
+    assert {o.key for o in skipped} == {"a1", "a2"}
+    assert all(o.skipped and not o.ok and "job a failed" in o.error for o in skipped)
+    deps.finished(_ok("b"))
+    assert [j.key for j in deps.ready()] == ["b1"] and not deps
