@@ -31,4 +31,5 @@ def local() -> LocalExecutor:
 @robench.hookimpl
 def robench_register_executors() -> list[robench.ExecutorSpec]:
     return [robench.ExecutorSpec(name="local", factory=local,
-                                 description="run every job in this process, each model evaluated right after it trains")]
+                                 description="run every job in this process, each model "
+                                             "evaluated right after it trains")]
