@@ -1,9 +1,11 @@
 """The grid: models (backbone x head x adaptor) x domains x attacks x eps.
 
-The driver validates everything first (names, parameters, data paths, device), then runs two
-phases through an executor: training jobs, then clean and attack jobs.  Every finished job is
-one transaction in the store; the results table, worst-case rows and flags are derived from
-the store, so a resumed run and an uninterrupted run write the same ``results.csv``.
+The driver validates everything first (names, parameters, data paths, device), then runs the
+jobs through an executor: each model's training job, then its clean and attack jobs, which
+depend on it (``Job.after``; an executor that ignores dependencies gets two phases, all
+training and then all evaluation).  Every finished job is one transaction in the store; the
+results table, worst-case rows and flags are derived from the store, so a resumed run and an
+uninterrupted run write the same ``results.csv``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,12 @@ def job(key: str, fn: Callable[..., Any], **kwargs: Any) -> robench.Job:
     return robench.Job(key=key, kind="attack", label=f"job {key}", fn=fn, kwargs=kwargs)
 
 
+def sleepy(seconds: float) -> dict[str, int]:
+    """A job function of this module (pickled by value) that takes ``seconds``."""
+    time.sleep(seconds)
+    return {"pid": os.getpid()}
+
+
 def torch_threads() -> dict[str, int]:
     """A job function of this module: workers can only run it when it is pickled by value."""
     return {"threads": torch.get_num_threads(), "pid": os.getpid()}
@@ -101,6 +108,7 @@ def test_the_ray_executor_is_registered_with_its_parameters() -> None:
     ({"address": ""}, "address must be a Ray address"),
     ({"address": "auto", "num_cpus": 2}, "num_cpus and num_gpus size a local Ray instance"),
     ({"log_to_driver": "yes"}, "log_to_driver must be true or false"),
+    ({"max_in_flight": 0}, "max_in_flight must be an integer >= 1"),
 ])
 def test_bad_parameters_are_usage_errors(params: dict[str, Any], message: str) -> None:
     with pytest.raises(robench.UsageError, match=message):
@@ -215,3 +223,34 @@ def test_a_dead_worker_fails_its_job_and_the_others_complete() -> None:
     assert outcomes["raised"].error.startswith("ValueError: invalid literal")
     assert not outcomes["exit"].ok and outcomes["exit"].error
 
+
+
+def test_trained_models_are_evaluated_first_and_failed_ones_skipped() -> None:
+    """With 2 slots, model A's evaluation runs before model C trains (Ray's own queue would
+    run every training first), and the evaluation of a model whose training raised is
+    skipped, not run."""
+    def train(key: str, fn: Callable[..., Any] = sleepy, **kwargs: Any) -> robench.Job:
+        return robench.Job(key=key, kind="train", label=key, fn=fn,
+                           kwargs=kwargs or {"seconds": 0.5})
+
+    def evaluate(key: str, model: str) -> robench.Job:
+        return robench.Job(key=key, kind="attack", label=key, fn=sleepy,
+                           kwargs={"seconds": 0.05}, after=(model,))
+
+    jobs = [train("A"), evaluate("A1", "A"), train("B"), evaluate("B1", "B"), train("C"),
+            evaluate("C1", "C"), train("F", functools.partial(int, "not a number")),
+            evaluate("F1", "F")]
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        with RayExecutor(num_cpus=2) as executor:
+            outcomes = list(executor.run(jobs))
+            assert executor.slots(ray, jobs) == 2
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    order = [o.key for o in outcomes]
+    by_key = {o.key: o for o in outcomes}
+    assert sorted(order) == sorted(j.key for j in jobs)  # one outcome per job
+    assert order.index("A1") < order.index("C")
+    assert not by_key["F"].ok and not by_key["F"].skipped
+    assert by_key["F1"].skipped and not by_key["F1"].ok and "job F failed" in by_key["F1"].error
+    assert all(by_key[k].ok for k in ("A", "A1", "B", "B1", "C", "C1"))

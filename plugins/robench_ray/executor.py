@@ -1,11 +1,12 @@
 """The Ray executor: every grid job becomes a Ray task; outcomes stream back as tasks finish.
 
-The driver calls :meth:`RayExecutor.run` once with the whole grid: a training job is
-submitted at once, and the clean and attack jobs of a model as soon as its training job has
-succeeded (``Job.after``), so models are evaluated while others still train.  Outcomes are
-yielded in the order they finish (``ray.wait``).  Workers never touch
-the store; they write trained weights into the run folder, which every worker and the driver
-must see at the same path (one machine, or a shared file system).
+The driver calls :meth:`RayExecutor.run` once with the whole grid, each model's training job
+followed by its clean and attack jobs (``Job.after``).  The executor keeps as many tasks
+submitted as the cluster runs at once and fills each free slot with the first job, in that
+order, whose dependencies have succeeded, so a trained model is evaluated ahead of the next
+models' training.  Outcomes are yielded in the order they finish (``ray.wait``).  Workers
+never touch the store; they write trained weights into the run folder, which every worker
+and the driver must see at the same path (one machine, or a shared file system).
 
 A Ray instance this executor started itself (no ``address``, no ``$RAY_ADDRESS``) lives as
 long as the executor: it serves every `run` call of a grid and is shut down by :meth:`close`,
@@ -146,6 +147,12 @@ class RayExecutor:
         exception inside a job is never retried: it is a failed outcome.
     ``log_to_driver``
         Forward the workers' stdout and stderr to this terminal.
+    ``max_in_flight``
+        Tasks submitted to Ray at a time.  Default: as many as the cluster can run at once
+        (its CPUs over ``cpus_per_task``, and its GPUs over ``gpus_per_task`` for GPU jobs),
+        so that Ray's first-in-first-out queue never holds the later models' training ahead
+        of a trained model's evaluations.  Raise it on an autoscaling cluster, which grows
+        only when tasks wait.
 
     ``ray_version`` is the installed Ray's version, checked against :data:`MIN_RAY_VERSION`
     (the plugin's factory passes it; it is not a config key).
@@ -163,6 +170,7 @@ class RayExecutor:
         gpus_per_task: float | None = None,
         max_retries: int = 0,
         log_to_driver: bool = False,
+        max_in_flight: int | None = None,
         ray_version: str = "",
     ) -> None:
         if address is not None and (not isinstance(address, str) or not address.strip()):
@@ -176,6 +184,7 @@ class RayExecutor:
                       optional=False, strict=True)
         _check_number(gpus_per_task, "gpus_per_task", minimum=0, integer=False, optional=True)
         _check_number(max_retries, "max_retries", minimum=-1, integer=True, optional=False)
+        _check_number(max_in_flight, "max_in_flight", minimum=1, integer=True, optional=True)
         if gpus_per_task is not None and gpus_per_task > 1 and gpus_per_task % 1:
             raise robench.UsageError(
                 f"[executor.ray] gpus_per_task must be a fraction up to 1 or a whole number "
@@ -203,6 +212,7 @@ class RayExecutor:
         self.cpus_per_task = float(cpus_per_task)
         self.gpus_per_task = None if gpus_per_task is None else float(gpus_per_task)
         self.max_retries = max_retries
+        self.max_in_flight = max_in_flight
         self.log_to_driver = log_to_driver
         #: whether this executor started a local Ray instance (rather than joining one)
         self.started_local = False
@@ -352,6 +362,17 @@ class RayExecutor:
         warnings.warn(f"{message} They wait until nodes that can run them join the cluster.",
                       RuntimeWarning, stacklevel=3)
 
+    def slots(self, ray: ModuleType, jobs: list[Job]) -> int:
+        """Tasks to keep submitted: ``max_in_flight``, else what the cluster runs at once."""
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        total = ray.cluster_resources()
+        slots = math.floor(total.get("CPU", 0) / self.cpus_per_task + 1e-9)
+        gpus = max((self.gpus_for(job) for job in jobs), default=0.0)
+        if gpus > 0:
+            slots = min(slots, math.floor(total.get("GPU", 0) / gpus + 1e-9))
+        return max(1, slots)
+
     def _collect(self, ray: ModuleType, ref: Any, job: Job) -> JobOutcome:
         """The outcome of a finished task; a task that died becomes a failed outcome."""
         try:
@@ -396,7 +417,8 @@ class RayExecutor:
         pending: dict[Any, Job] = {}
         try:
             while waiting or pending:
-                for job in waiting.ready():
+                slots = self.slots(ray, jobs)
+                while len(pending) < slots and (job := waiting.next_ready()) is not None:
                     try:
                         ref = self._remote.options(**self.task_options(job)).remote(
                             self.prepare(job), threads=threads)
@@ -406,8 +428,8 @@ class RayExecutor:
                         yield from waiting.finished(outcome)
                         continue
                     pending[ref] = job
-                if not pending:
-                    break  # what is still waiting depends on jobs that failed to submit
+                if not pending:  # defensive: Dependencies refuses cycles, so never reached
+                    break
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     outcome = self._collect(ray, ref, pending.pop(ref))

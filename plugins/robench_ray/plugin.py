@@ -19,6 +19,7 @@ def ray_executor(
     gpus_per_task: float | None = None,
     max_retries: int = 0,
     log_to_driver: bool = False,
+    max_in_flight: int | None = None,
 ) -> RayExecutor:
     """Build the ``ray`` executor; every parameter is a key of ``[executor.ray]``.
 
@@ -29,6 +30,7 @@ def ray_executor(
     ``gpus_per_task``: GPUs each GPU job reserves (fractions share a GPU); default 1 when the
     run's device is CUDA.  ``max_retries``: reruns of a task whose worker died.
     ``log_to_driver``: stream the workers' stdout/stderr to the terminal.
+    ``max_in_flight``: tasks submitted at a time (default: what the cluster runs at once).
     """
     try:
         import ray
@@ -41,6 +43,7 @@ def ray_executor(
     return RayExecutor(
         address=address, num_cpus=num_cpus, num_gpus=num_gpus, cpus_per_task=cpus_per_task,
         gpus_per_task=gpus_per_task, max_retries=max_retries, log_to_driver=log_to_driver,
+        max_in_flight=max_in_flight,
         ray_version=getattr(ray, "__version__", ""),
     )
 

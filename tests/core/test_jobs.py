@@ -43,3 +43,27 @@ def test_a_failure_skips_everything_that_depends_on_it() -> None:
     assert all(o.skipped and not o.ok and "job a failed" in o.error for o in skipped)
     deps.finished(_ok("b"))
     assert [j.key for j in deps.ready()] == ["b1"] and not deps
+
+
+def test_duplicate_keys_and_cycles_are_refused() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="share the key 'a'"):
+        Dependencies([_job("a"), _job("a")])
+    with pytest.raises(ValueError, match="c1, c2 depend on each other"):
+        Dependencies([_job("a"), _job("c1", "c2"), _job("c2", "c1")])
+    assert Dependencies([_job("a", "a")]).next_ready().key == "a"  # itself: no dependency
+
+
+def test_a_large_grid_runs_model_by_model() -> None:
+    """10,000 jobs (1,000 models x 9 evaluations): every model is evaluated before the next
+    one trains (the bookkeeping touches only a job's own dependents, so this is quick)."""
+    jobs = []
+    for m in range(1000):
+        jobs += [_job(f"t{m}")] + [_job(f"e{m}.{i}", f"t{m}") for i in range(9)]
+    deps = Dependencies(jobs)
+    order = []
+    while (job := deps.next_ready()) is not None:
+        deps.finished(_ok(job.key))
+        order.append(job.key)
+    assert order == [job.key for job in jobs]
