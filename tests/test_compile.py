@@ -13,6 +13,7 @@ import shutil
 
 import pandas as pd
 import pytest
+from grids import TINY_GRID
 from torch._dynamo import register_backend
 from torch._dynamo.utils import counters
 from typer.testing import CliRunner
@@ -23,20 +24,7 @@ from robench.config import COMPILE_BACKENDS, build_config
 from robench.errors import UsageError
 
 #: small enough for a few seconds per run; pgd gives every attacked sample several gradients
-COMPILE_GRID = {
-    "name": "compile",
-    "dataset": "digits",
-    "target": "none",
-    "backbones": ["digits-cnn"],
-    "heads": ["linear"],
-    "adaptors": ["none"],
-    "attacks": ["fgsm", "pgd"],
-    "eps": {"linf": ["2/255", "8/255"]},
-    "limit": 40,
-    "epochs": 1,
-    "reporters": ["csv"],
-    "attack": {"pgd": {"steps": 3}},
-}
+COMPILE_GRID = {**TINY_GRID, "name": "compile", "limit": 40}
 #: what a compiled run must reproduce exactly, row for row
 COMPARED = ["model", "domain", "attack", "threat", "eps", "clean_acc", "robust_acc", "n",
             "n_robust", "n_invalid", "grad_evals", "queries", "status", "error"]

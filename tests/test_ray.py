@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import robench_ray.plugin
 import torch
+from grids import TINY_GRID
 from robench_ray.executor import RayExecutor
 
 import robench
@@ -27,20 +28,7 @@ import robench
 ray = pytest.importorskip("ray")
 
 #: a grid whose numbers must not depend on the executor
-GRID = {
-    "name": "cmp",
-    "dataset": "digits",
-    "target": "none",
-    "backbones": ["digits-cnn"],
-    "heads": ["linear"],
-    "adaptors": ["none"],
-    "attacks": ["fgsm", "pgd"],
-    "eps": {"linf": ["2/255", "8/255"]},
-    "limit": 60,
-    "epochs": 1,
-    "reporters": ["csv"],
-    "attack": {"pgd": {"steps": 3}},
-}
+GRID = {**TINY_GRID, "name": "cmp", "limit": 60}
 #: columns that measure wall time, the only ones allowed to differ between executors
 TIMING = ["seconds", "train_seconds"]
 
