@@ -8,6 +8,7 @@ finished is saved; rerun the same command to resume).
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -188,7 +189,13 @@ def leaderboard_merge(
     out.print(f"merged {len(files)} file(s), {len(merged)} rows -> {output}")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Warnings as one line, like errors, instead of Python's file:line and source."""
+    err.print(f"robench: warning: {message}", markup=False)
+
+
 def main() -> None:
+    warnings.showwarning = _show_warning
     try:
         app(standalone_mode=True)
     except SystemExit as exc:

@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -61,6 +62,12 @@ _ACTIVE_HOST: PluginHost | None = None
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as torch reports it."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def resolve_device(requested: str) -> str:
@@ -448,6 +455,12 @@ class Grid:
                 "precision fp16 needs a CUDA device (CPU autocast supports bf16); use "
                 "--precision bf16 or fp32."
             )
+        if cfg.precision == "bf16" and self.device == "cpu" and not cpu_has_native_bf16():
+            warnings.warn(
+                "precision bf16 on a CPU without native bf16 arithmetic (AVX512-BF16 or AMX): "
+                "autocast emulates it, about 10x slower than fp32 on the CPU of "
+                "benchmarks/RESULTS.md. --precision fp32 is faster here.",
+                RuntimeWarning, stacklevel=2)
         out = Path(cfg.out)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {str(out)!r} is a file; give a folder for the run folders.")

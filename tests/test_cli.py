@@ -151,3 +151,18 @@ def test_a_plugin_that_raises_fails_its_own_rows_only(tmp_path, monkeypatch):
     # the failed task is retried on rerun; the finished ones are not recomputed
     again = runner.invoke(app, args)
     assert again.exit_code == 1
+
+
+def test_warnings_are_one_line_like_errors(tmp_path):
+    """The bf16-on-CPU warning (where this CPU lacks native bf16) reads as one line, without
+    Python's file and source line; the unusable --out then exits 2."""
+    from robench.grid import cpu_has_native_bf16
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = robench_cli("grid", "--precision", "bf16", "--device", "cpu", "--out", str(blocker))
+    assert proc.returncode == 2
+    assert "is a file" in proc.stderr and "Traceback" not in proc.stderr
+    warned = "robench: warning: precision bf16 on a CPU without native bf16" in proc.stderr
+    assert warned == (not cpu_has_native_bf16())
+    assert "grid.py" not in proc.stderr
