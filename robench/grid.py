@@ -251,6 +251,11 @@ def train_job(*, run_dir: str, config: dict[str, Any], plan: dict[str, Any], key
     }
 
 
+def _model_files(key: str) -> tuple[str, str]:
+    """What ``train_job`` writes for model ``key``, relative to the run folder."""
+    return f"models/{key}.safetensors", f"models/{key}.json"
+
+
 _MODEL_CACHE: dict[str, torch.nn.Module] = {}
 #: per evaluated model and attack (run, key, device, precision, attack), the batch size that
 #: fitted after an out-of-memory back-off: the attack's task on the model's other domain starts
@@ -608,7 +613,7 @@ class Grid:
         train_jobs = {
             p.name: jobs_mod.Job(
                 key=self.train_keys[p.name], kind="train", label=f"train {p.name}",
-                fn=train_job, resources=resources,
+                fn=train_job, resources=resources, produces=_model_files(self.train_keys[p.name]),
                 kwargs={"run_dir": run_dir, "config": config_dict, "plan": asdict(p),
                         "key": self.train_keys[p.name], "device": self.device})
             for p in plans
@@ -624,13 +629,13 @@ class Grid:
                     key=self._clean_key(key, domain, dataset), kind="clean",
                     label=f"clean {plan.name} [{domain}]", fn=clean_job,
                     kwargs={**common, "with_class_images": domain == "source"},
-                    resources=resources, after=(key,)))
+                    resources=resources, after=(key,), needs=_model_files(key)))
                 for attack in cfg.attacks:
                     jobs.append(jobs_mod.Job(
                         key=self._attack_key(key, domain, dataset, attack), kind="attack",
                         label=f"{attack} on {plan.name} [{domain}]", fn=attack_job,
                         kwargs={**common, "attack": attack}, resources=resources,
-                        after=(key,)))
+                        after=(key,), needs=_model_files(key)))
             return jobs
 
         if getattr(executor, "supports_dependencies", False):

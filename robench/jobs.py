@@ -36,6 +36,10 @@ class Job:
     #: waits for its model's training job); keys not among the jobs of the same ``run``
     #: call are already done
     after: tuple[str, ...] = ()
+    #: files, relative to the run folder, that the job writes (``produces``) and reads
+    #: (``needs``): an executor whose workers do not share the run folder ships them
+    produces: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
 
     def execute(self) -> JobOutcome:
         """Run the job; an exception becomes a failed outcome (Ctrl-C still stops the run)."""

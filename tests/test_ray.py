@@ -9,6 +9,7 @@ its plugin host from entry points and never sees plugins registered in the drive
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 import time
@@ -97,6 +98,7 @@ def test_the_ray_executor_is_registered_with_its_parameters() -> None:
     ({"address": "auto", "num_cpus": 2}, "num_cpus and num_gpus size a local Ray instance"),
     ({"log_to_driver": "yes"}, "log_to_driver must be true or false"),
     ({"max_in_flight": 0}, "max_in_flight must be an integer >= 1"),
+    ({"shared_run_dir": "no"}, "shared_run_dir must be true or false"),
 ])
 def test_bad_parameters_are_usage_errors(params: dict[str, Any], message: str) -> None:
     with pytest.raises(robench.UsageError, match=message):
@@ -174,6 +176,22 @@ def test_ray_and_local_give_the_same_numbers(tmp_path: Path, keep_grid_host: Non
                             for name in ("local", "ray"))
     pd.testing.assert_frame_equal(local_rows, ray_rows)
     assert (tmp_path / "ray" / "models").is_dir()  # weights travelled through the run folder
+
+    # workers that do not share the run folder: models travel through Ray's object store
+    from robench_ray.executor import local_run_dir
+
+    shipped = robench.run_grid(
+        {**GRID, "name": "shipped", "out": str(tmp_path),
+         "executor": {"ray": {"num_cpus": 2, "shared_run_dir": False}}}, host=host)
+    assert set(shipped["status"]) == {"ok"}
+    shipped_rows = pd.read_csv(tmp_path / "shipped" / "results.csv").drop(
+        columns=TIMING + ["run"])
+    pd.testing.assert_frame_equal(local_rows, shipped_rows)
+    run_id = hashlib.sha256(str((tmp_path / "shipped").resolve()).encode()).hexdigest()[:16]
+    worker_models = sorted(p.name for p in (Path(local_run_dir(run_id)) / "models").iterdir())
+    driver_models = sorted(p.name for p in (tmp_path / "shipped" / "models").iterdir())
+    # the workers trained and evaluated in their own folder; the driver kept the same files
+    assert worker_models == driver_models and len(driver_models) == 2  # weights and metadata
 
 
 @pytest.mark.slow

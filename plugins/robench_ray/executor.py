@@ -19,10 +19,12 @@ Ray itself is imported lazily, so this module imports without it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import os
 import re
+import tempfile
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator
@@ -53,6 +55,38 @@ def run_job(job: Job, *, threads: int) -> JobOutcome:
 
     torch.set_num_threads(threads)
     return job.execute()
+
+
+def local_run_dir(run_id: str) -> str:
+    """The run folder of a worker that does not share the driver's: one per run and node."""
+    return os.path.join(tempfile.gettempdir(), f"robench-ray-{run_id}")
+
+
+def run_job_shipping(job: Job, *, threads: int, run_id: str,
+                     inputs: dict[str, bytes]) -> tuple[JobOutcome, dict[str, bytes]]:
+    """Run one job in a worker that does not share the run folder.
+
+    The job runs in :func:`local_run_dir`; the files it ``needs`` arrive as ``inputs``
+    (through Ray's object store) and are written there first, and the files it ``produces``
+    go back with its outcome, for the driver to keep and ship to the jobs that need them.
+    """
+    run_dir = local_run_dir(run_id)
+    for relative, data in inputs.items():
+        target = os.path.join(run_dir, relative)
+        if not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            partial = f"{target}.{os.getpid()}.part"
+            with open(partial, "wb") as handle:
+                handle.write(data)
+            os.replace(partial, target)  # atomic: a job beside this one never sees half
+    job = dataclasses.replace(job, kwargs={**job.kwargs, "run_dir": run_dir})
+    outcome = run_job(job, threads=threads)
+    produced: dict[str, bytes] = {}
+    if outcome.ok:
+        for relative in job.produces:
+            with open(os.path.join(run_dir, relative), "rb") as handle:
+                produced[relative] = handle.read()
+    return outcome, produced
 
 
 # --------------------------------------------------------------------------- driver side
@@ -153,6 +187,11 @@ class RayExecutor:
         so that Ray's first-in-first-out queue never holds the later models' training ahead
         of a trained model's evaluations.  Raise it on an autoscaling cluster, which grows
         only when tasks wait.
+    ``shared_run_dir``
+        Whether every worker sees the driver's run folder at the same path (default true:
+        one machine, or a shared file system).  False: workers run in a folder of their own
+        node (:func:`local_run_dir`), a trained model's files come back to the driver through
+        Ray's object store, and the driver ships them to the tasks that evaluate the model.
 
     ``ray_version`` is the installed Ray's version, checked against :data:`MIN_RAY_VERSION`
     (the plugin's factory passes it; it is not a config key).
@@ -171,6 +210,7 @@ class RayExecutor:
         max_retries: int = 0,
         log_to_driver: bool = False,
         max_in_flight: int | None = None,
+        shared_run_dir: bool = True,
         ray_version: str = "",
     ) -> None:
         if address is not None and (not isinstance(address, str) or not address.strip()):
@@ -189,6 +229,10 @@ class RayExecutor:
             raise robench.UsageError(
                 f"[executor.ray] gpus_per_task must be a fraction up to 1 or a whole number "
                 f"of GPUs (Ray's rule), got {gpus_per_task!r}."
+            )
+        if not isinstance(shared_run_dir, bool):
+            raise robench.UsageError(
+                f"[executor.ray] shared_run_dir must be true or false, got {shared_run_dir!r}."
             )
         if not isinstance(log_to_driver, bool):
             raise robench.UsageError(
@@ -213,6 +257,8 @@ class RayExecutor:
         self.gpus_per_task = None if gpus_per_task is None else float(gpus_per_task)
         self.max_retries = max_retries
         self.max_in_flight = max_in_flight
+        self.shared_run_dir = shared_run_dir
+        self._shipping: Any = None
         self.log_to_driver = log_to_driver
         #: whether this executor started a local Ray instance (rather than joining one)
         self.started_local = False
@@ -385,6 +431,14 @@ class RayExecutor:
         except ray.exceptions.RayError as exc:
             # WorkerCrashedError, TaskCancelledError, NodeDiedError, OutOfMemoryError, ...
             return _failed(job, f"ray worker lost: {_summary(exc)}", str(exc))
+        if isinstance(outcome, tuple) and len(outcome) == 2:  # run_job_shipping
+            outcome, produced = outcome
+            if isinstance(outcome, JobOutcome) and outcome.ok:
+                try:
+                    self._keep(job, produced)
+                except OSError as exc:
+                    return _failed(job, f"could not write the job's files in the run folder: "
+                                        f"{_summary(exc)}")
         if not isinstance(outcome, JobOutcome) or outcome.key != job.key:
             return _failed(job, f"ray task returned {type(outcome).__name__}, not the "
                                 f"outcome of job {job.key}")
@@ -394,6 +448,40 @@ class RayExecutor:
                 f"{outcome.error} (raised on a Ray worker, which sees only the plugins "
                 f"installed there through entry points)"))
         return outcome
+
+    # ------------------------------------------------------------------ run folder
+
+    @staticmethod
+    def _run_dir(job: Job) -> str:
+        return os.path.abspath(str(job.kwargs.get("run_dir", ".")))
+
+    def _keep(self, job: Job, produced: dict[str, bytes]) -> None:
+        """Write the files a job produced on its worker into the driver's run folder."""
+        run_dir = self._run_dir(job)
+        for relative, data in produced.items():
+            target = os.path.join(run_dir, relative)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            partial = f"{target}.part"
+            with open(partial, "wb") as handle:
+                handle.write(data)
+            os.replace(partial, target)
+
+    def _submit(self, ray: ModuleType, job: Job, threads: int,
+                inputs: dict[tuple[str, ...], Any]) -> Any:
+        """Submit ``job``; without a shared run folder, with the files it needs."""
+        options = self.task_options(job)
+        if self.shared_run_dir:
+            return self._remote.options(**options).remote(self.prepare(job), threads=threads)
+        run_dir = self._run_dir(job)
+        if job.needs not in inputs:  # one copy in the object store per model
+            files = {}
+            for relative in job.needs:
+                with open(os.path.join(run_dir, relative), "rb") as handle:
+                    files[relative] = handle.read()
+            inputs[job.needs] = ray.put(files)
+        run_id = hashlib.sha256(run_dir.encode()).hexdigest()[:16]
+        return self._shipping.options(**options).remote(
+            self.prepare(job), threads=threads, run_id=run_id, inputs=inputs[job.needs])
 
     def run(self, jobs: Iterable[Job]) -> Iterator[JobOutcome]:
         """Submit jobs as Ray tasks and yield one outcome per job as each finishes.
@@ -412,16 +500,17 @@ class RayExecutor:
         self._check_feasible(ray, jobs)
         if self._remote is None:
             self._remote = ray.remote(run_job)
+            self._shipping = ray.remote(run_job_shipping)
         threads = max(1, int(self.cpus_per_task))
         waiting = Dependencies(jobs)
         pending: dict[Any, Job] = {}
+        inputs: dict[tuple[str, ...], Any] = {}
         try:
             while waiting or pending:
                 slots = self.slots(ray, jobs)
                 while len(pending) < slots and (job := waiting.next_ready()) is not None:
                     try:
-                        ref = self._remote.options(**self.task_options(job)).remote(
-                            self.prepare(job), threads=threads)
+                        ref = self._submit(ray, job, threads, inputs)
                     except Exception as exc:  # e.g. a job that cannot be pickled
                         outcome = _failed(job, f"ray could not submit the job: {_summary(exc)}")
                         yield outcome

@@ -20,6 +20,7 @@ def ray_executor(
     max_retries: int = 0,
     log_to_driver: bool = False,
     max_in_flight: int | None = None,
+    shared_run_dir: bool = True,
 ) -> RayExecutor:
     """Build the ``ray`` executor; every parameter is a key of ``[executor.ray]``.
 
@@ -31,6 +32,8 @@ def ray_executor(
     run's device is CUDA.  ``max_retries``: reruns of a task whose worker died.
     ``log_to_driver``: stream the workers' stdout/stderr to the terminal.
     ``max_in_flight``: tasks submitted at a time (default: what the cluster runs at once).
+    ``shared_run_dir``: false when workers do not see the run folder (models then travel
+    through Ray's object store).
     """
     try:
         import ray
@@ -43,7 +46,7 @@ def ray_executor(
     return RayExecutor(
         address=address, num_cpus=num_cpus, num_gpus=num_gpus, cpus_per_task=cpus_per_task,
         gpus_per_task=gpus_per_task, max_retries=max_retries, log_to_driver=log_to_driver,
-        max_in_flight=max_in_flight,
+        max_in_flight=max_in_flight, shared_run_dir=shared_run_dir,
         ray_version=getattr(ray, "__version__", ""),
     )
 
