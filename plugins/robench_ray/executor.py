@@ -33,6 +33,7 @@ from typing import Any
 
 import robench
 from robench import Job, JobOutcome
+from robench.io import atomic_write_bytes
 from robench.jobs import Dependencies
 
 #: the oldest Ray this executor is tested against (pyproject's ``ray`` extra)
@@ -74,11 +75,7 @@ def run_job_shipping(job: Job, *, threads: int, run_id: str,
     for relative, data in inputs.items():
         target = os.path.join(run_dir, relative)
         if not os.path.exists(target):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            partial = f"{target}.{os.getpid()}.part"
-            with open(partial, "wb") as handle:
-                handle.write(data)
-            os.replace(partial, target)  # atomic: a job beside this one never sees half
+            atomic_write_bytes(target, data)  # a job beside this one never sees half a file
     job = dataclasses.replace(job, kwargs={**job.kwargs, "run_dir": run_dir})
     outcome = run_job(job, threads=threads)
     produced: dict[str, bytes] = {}
@@ -459,12 +456,7 @@ class RayExecutor:
         """Write the files a job produced on its worker into the driver's run folder."""
         run_dir = self._run_dir(job)
         for relative, data in produced.items():
-            target = os.path.join(run_dir, relative)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            partial = f"{target}.part"
-            with open(partial, "wb") as handle:
-                handle.write(data)
-            os.replace(partial, target)
+            atomic_write_bytes(os.path.join(run_dir, relative), data)
 
     def _submit(self, ray: ModuleType, job: Job, threads: int,
                 inputs: dict[tuple[str, ...], Any]) -> Any:
