@@ -7,6 +7,7 @@ finished is saved; rerun the same command to resume).
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -97,6 +98,8 @@ def grid(
     except RobenchError as exc:
         _fail(exc)
     except KeyboardInterrupt:
+        # a second Ctrl-C (often pressed out of impatience) must not cut the clean exit short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         err.print("robench: interrupted; finished tasks are saved. Rerun the same command "
                   "to resume.")
         raise typer.Exit(130) from None
