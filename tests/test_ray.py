@@ -232,9 +232,9 @@ def test_a_dead_worker_fails_its_job_and_the_others_complete() -> None:
 
 
 def test_trained_models_are_evaluated_first_and_failed_ones_skipped() -> None:
-    """With 2 slots, model A's evaluation runs before model C trains (Ray's own queue would
-    run every training first), and the evaluation of a model whose training raised is
-    skipped, not run."""
+    """With 2 slots, model A's and B's evaluations are submitted before model C trains (Ray's
+    own queue would run every training first), and the evaluation of a model whose training
+    raised is skipped, not run."""
     def train(key: str, fn: Callable[..., Any] = sleepy, **kwargs: Any) -> robench.Job:
         return robench.Job(key=key, kind="train", label=key, fn=fn,
                            kwargs=kwargs or {"seconds": 0.5})
@@ -249,6 +249,14 @@ def test_trained_models_are_evaluated_first_and_failed_ones_skipped() -> None:
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
         with RayExecutor(num_cpus=2) as executor:
+            submit = executor._submit
+            submitted: list[str] = []
+
+            def record(ray_module, job, threads, inputs):  # noqa: ANN001, ANN202
+                submitted.append(job.key)
+                return submit(ray_module, job, threads, inputs)
+
+            executor._submit = record
             outcomes = list(executor.run(jobs))
             assert executor.slots(ray, jobs) == 2
     finally:
@@ -256,7 +264,10 @@ def test_trained_models_are_evaluated_first_and_failed_ones_skipped() -> None:
     order = [o.key for o in outcomes]
     by_key = {o.key: o for o in outcomes}
     assert sorted(order) == sorted(j.key for j in jobs)  # one outcome per job
-    assert order.index("A1") < order.index("C")
+    # submission order, which timing cannot change: the first slot that frees goes to the
+    # evaluation of the model that just trained, ahead of the third model's training
+    first = next(key for key in order if key in ("A", "B"))
+    assert submitted.index(f"{first}1") < submitted.index("C")
     assert not by_key["F"].ok and not by_key["F"].skipped
     assert by_key["F1"].skipped and not by_key["F1"].ok and "job F failed" in by_key["F1"].error
     assert all(by_key[k].ok for k in ("A", "A1", "B", "B1", "C", "C1"))
