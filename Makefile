@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[test]"
+	# robustbench pins timm==1.0.9; its own needs come with the test extras
+	$(PY) -m pip install -q --no-deps "robustbench>=1.1"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -20,8 +20,10 @@ from robench.specs import (
     AttackSpec,
     BackboneSpec,
     DatasetSpec,
+    DefenseSpec,
     ExecutorSpec,
     HeadSpec,
+    ModelSpec,
     ReporterSpec,
 )
 
@@ -73,6 +75,23 @@ def robench_register_adaptors() -> Iterable[AdaptorSpec]:
     """
 
 
+@hookspec
+def robench_register_models() -> Iterable[ModelSpec]:
+    """Register complete classifiers (evaluated as they are, never trained by the grid).
+
+    Each factory is called with the user's parameters (and ``name`` for a ``prefix:*``
+    namespace) and returns a :class:`robench.Classifier`: the module (images -> logits) and
+    what it expects (classes, class names, input size and channels, mean/std).
+    """
+
+
+@hookspec
+def robench_register_defenses() -> Iterable[DefenseSpec]:
+    """Register defenses: training objectives (``stage = "training"``: adversarial training
+    through robench's attacks) and wrappers of the evaluated model (``stage = "inference"``).
+    """
+
+
 # ---------------------------------------------------------------- evaluation
 
 
@@ -104,6 +123,8 @@ HOOK_KINDS: dict[str, str] = {
     "backbone": "robench_register_backbones",
     "head": "robench_register_heads",
     "adaptor": "robench_register_adaptors",
+    "model": "robench_register_models",
+    "defense": "robench_register_defenses",
     "attack": "robench_register_attacks",
     "executor": "robench_register_executors",
     "reporter": "robench_register_reporters",

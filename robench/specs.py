@@ -151,10 +151,41 @@ class ReporterSpec(PluginSpec):
     files: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class ModelSpec(PluginSpec):
+    """A complete classifier, evaluated as it is and never trained by the grid;
+    ``factory(**params) -> Classifier`` (images in [0, 1] -> logits, with what it expects).
+
+    ``source`` says in a few words what the factory loads and from where (for
+    ``robench plugins --kind model``).
+    """
+
+    spec_kind: ClassVar[str] = "model"
+    source: str = ""
+
+
+DEFENSE_STAGES: tuple[str, ...] = ("none", "training", "inference")
+
+
+@dataclass(frozen=True)
+class DefenseSpec(PluginSpec):
+    """A defense.  ``stage = "training"``: ``factory(**params)`` returns a training objective
+    that perturbs each batch with robench's attacks (see ``robench.TrainingDefense``);
+    ``stage = "inference"``: it returns a wrapper of the evaluated model (see
+    ``robench.InferenceDefense``); ``stage = "none"`` is the undefended model."""
+
+    spec_kind: ClassVar[str] = "defense"
+    stage: str = "training"
+
+    def __post_init__(self) -> None:
+        if self.stage not in DEFENSE_STAGES:
+            raise ValueError(f"DefenseSpec {self.name!r}: stage must be one of {DEFENSE_STAGES}")
+
+
 SPEC_TYPES: dict[str, type[PluginSpec]] = {
     cls.spec_kind: cls
-    for cls in (DatasetSpec, BackboneSpec, HeadSpec, AdaptorSpec, AttackSpec, ExecutorSpec,
-                ReporterSpec)
+    for cls in (DatasetSpec, BackboneSpec, HeadSpec, AdaptorSpec, ModelSpec, DefenseSpec,
+                AttackSpec, ExecutorSpec, ReporterSpec)
 }
 
 
@@ -195,6 +226,28 @@ class DatasetBundle:
     test: Dataset
     class_names: Sequence[str] = ()
     domain: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Classifier:
+    """What a model factory returns: a complete classifier and what it expects.
+
+    ``module`` maps images to logits ``(N, num_classes)``.  When ``mean``/``std`` are given,
+    the harness applies them inside the evaluated model (``module`` then receives normalised
+    images); otherwise ``module`` receives images in [0, 1].  ``class_names`` are the names of
+    the output classes where known (an ImageNet classifier's 1,000 names); ``image_size`` and
+    ``in_chans`` the input it needs, where it needs one.  ``info`` is recorded in provenance
+    (for example the checkpoint file and its hash).
+    """
+
+    module: torch.nn.Module
+    num_classes: int
+    class_names: Sequence[str] = ()
+    image_size: int | None = None
+    in_chans: int | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 
