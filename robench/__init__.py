@@ -1,11 +1,13 @@
 """robench: how robust is this image classifier, and how does transfer or domain adaptation
 change that?  This module is the public API; plugins import only from here."""
 
+from typing import Any
+
+from robench.config import GridConfig, load_config
 from robench.errors import PluginError, RobenchError, UnknownNameError, UsageError
 from robench.hookspecs import hookimpl, hookspec
 from robench.host import PluginHost, build_plugin_manager
 from robench.jobs import Job, JobOutcome
-from robench.models import load_backbone_weights
 from robench.specs import (
     THREATS,
     AdaptorSpec,
@@ -22,13 +24,46 @@ from robench.specs import (
     TensorSplit,
     as_tensors,
 )
+from robench.version import __version__
 
-__version__ = "0.1.0"
+#: imported on first use, so that ``import robench`` (and every CLI error) does not wait for
+#: torch: name -> module that defines it
+_LAZY: dict[str, str] = {
+    "run_grid": "robench.grid",
+    "load_model": "robench.grid",
+    "evaluate": "robench.api",
+    "load_backbone_weights": "robench.models",
+}
 
-from robench.config import GridConfig, load_config  # noqa: E402
-from robench.grid import load_model, run_grid  # noqa: E402
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'robench' has no attribute {name!r}")
+
+#: the modules a plugin may import: this one, and those documented in docs/plugins.md
+#: (tests/core/test_architecture.py holds the built-in plugins to it)
+PUBLIC_MODULES: tuple[str, ...] = (
+    "robench",
+    "robench.classifiers",
+    "robench.defenses",
+    "robench.errors",
+    "robench.examples",
+    "robench.io",
+    "robench.jobs",
+    "robench.leaderboard",
+    "robench.models",
+    "robench.protocols",
+    "robench.results",
+    "robench.testing",
+)
 
 __all__ = [
+    "PUBLIC_MODULES",
     "THREATS",
     "AdaptorSpec",
     "AttackSpec",

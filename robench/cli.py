@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from robench.cli_text import plain
 from robench.errors import RobenchError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -33,6 +34,17 @@ def _fail(exc: RobenchError) -> None:
     raise typer.Exit(getattr(exc, "exit_code", 2))
 
 
+def _workers(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise UsageError(f"Bad --workers {value!r}: give the number of worker processes, an "
+                         f"integer >= 1 (1 runs every task in this process).")
+    return number
+
+
 def _names(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()] or [""]
 
@@ -45,6 +57,15 @@ def grid(
     backbones: Annotated[str | None, typer.Option(help="comma-separated backbones")] = None,
     heads: Annotated[str | None, typer.Option(help="comma-separated heads")] = None,
     adaptors: Annotated[str | None, typer.Option(help="comma-separated adaptors")] = None,
+    models: Annotated[str | None, typer.Option(
+        help="comma-separated complete classifiers, evaluated as they are "
+             "(timm:NAME, robustbench:DATASET/THREAT/NAME, file:PATH, py:module:factory)")] = None,
+    defenses: Annotated[str | None, typer.Option(
+        help="comma-separated defenses: none, pgd-at, trades, fgsm-rs (training), "
+             "jpeg, bit-depth, random-resize-pad (inference)")] = None,
+    workers: Annotated[str | None, typer.Option(
+        help="local executor: worker processes running tasks in parallel (default: the "
+             "usable CPU cores; one thread each)")] = None,
     attacks: Annotated[str | None, typer.Option(help="comma-separated attacks")] = None,
     eps: Annotated[list[str] | None, typer.Option(
         help="THREAT:E1,E2 (repeatable), e.g. linf:4/255,8/255")] = None,
@@ -86,9 +107,18 @@ def grid(
             for item in eps:
                 threat, values = parse_eps_flag(item)
                 eps_table[threat] = values
+        if workers is not None:
+            if executor not in (None, "local"):
+                raise UsageError(f"--workers sets the local executor's worker processes; it "
+                                 f"cannot go with --executor {executor}.")
+            executor = "local"
+            tables = data.get("executor") if isinstance(data.get("executor"), dict) else {}
+            data = {**data, "executor": {**tables, "local": {**tables.get("local", {}),
+                                                             "workers": _workers(workers)}}}
         cfg = build_config(
             data, dataset=dataset, target=target, backbones=_names(backbones),
-            heads=_names(heads), adaptors=_names(adaptors), attacks=_names(attacks),
+            heads=_names(heads), adaptors=_names(adaptors), models=_names(models),
+            defenses=_names(defenses), attacks=_names(attacks),
             eps=eps_table, limit=limit, epochs=epochs, seed=seed, device=device,
             precision=precision, compile=compile_backend,
             executor=executor, name=name, out=out_dir, fresh=True if fresh else None,
@@ -129,15 +159,16 @@ def _summary(results, runner) -> None:
                             for c in cols])
         out.print(table)
     out.print(f"results: {run_dir / 'results.csv'}  ({len(results)} rows)")
-    for report in ("leaderboard.csv", "leaderboard.md", "leaderboard.html"):
+    for report in ("leaderboard.csv", "leaderboard.md", "leaderboard.html",
+                   "leaderboard.json", "run.json"):
         if (run_dir / report).exists():
             out.print(f"report:  {run_dir / report}")
 
 
 @app.command()
 def plugins(
-    kind: Annotated[str | None, typer.Option(help="dataset, backbone, head, adaptor, attack, "
-                                                  "executor or reporter")] = None,
+    kind: Annotated[str | None, typer.Option(help="dataset, backbone, head, adaptor, model, "
+                                                  "defense, attack, executor or reporter")] = None,
 ) -> None:
     """List installed plugins: kind, name, providing plugin and distribution, description."""
     from robench.host import KINDS, PluginHost, plugin_table
@@ -156,16 +187,16 @@ def plugins(
     table = Table(show_lines=False)
     for col in ("kind", "name", "plugin", "distribution", "description"):
         table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(row[c] for c in ("kind", "name", "plugin", "distribution",
-                                         "description")))
+    for row in rows:  # names and descriptions are data: "[linf, bounded]" is no markup
+        table.add_row(*(plain(row[c]) for c in ("kind", "name", "plugin", "distribution",
+                                                "description")))
     Console(width=max(160, out.width), highlight=False).print(table)
 
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> None:
     """Rebuild every report of a run from its stored results, without rerunning anything."""
-    from robench.leaderboard import report_run
+    from robench.merge import report_run
 
     try:
         if not run_dir.is_dir():

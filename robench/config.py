@@ -39,6 +39,8 @@ PARAM_TABLES: dict[str, str] = {
     "backbone": "backbone",
     "head": "head",
     "adaptor": "adaptor",
+    "model": "model",
+    "defense": "defense",
     "attack": "attack",
     "executor": "executor",
     "reporter": "reporter",
@@ -63,6 +65,12 @@ class GridConfig:
     backbones: list[str] = field(default_factory=lambda: ["digits-cnn", "timm:test_resnet"])
     heads: list[str] = field(default_factory=lambda: ["linear"])
     adaptors: list[str] = field(default_factory=lambda: ["none", "dann"])
+    #: complete classifiers evaluated as they are (``timm:resnet18``, ``file:model.pt``, ...),
+    #: beside the trained backbone x head x adaptor x defense combinations
+    models: list[str] = field(default_factory=list)
+    #: defenses: ``none``, training defenses (``pgd-at``, ...) composed with every trained
+    #: combination, inference defenses (``jpeg``, ...) wrapped around every evaluated model
+    defenses: list[str] = field(default_factory=lambda: ["none"])
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd", "noise"])
     eps: dict[str, list[str]] = field(default_factory=dict)
     reporters: list[str] = field(default_factory=lambda: ["csv", "md", "html", "json"])
@@ -203,7 +211,9 @@ def check_compile(value: Any) -> str:
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(GridConfig)}
-_LIST_KEYS = ("backbones", "heads", "adaptors", "attacks", "reporters")
+_LIST_KEYS = ("backbones", "heads", "adaptors", "models", "defenses", "attacks", "reporters")
+#: the dataset whose showcase target and adaptors are the defaults (the default grid's)
+SHOWCASE_DATASET = "digits"
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -275,12 +285,28 @@ def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> Gri
     for key, value in overrides.items():
         if value is not None:
             merged[key] = value
+    # The showcase's digits-m target and none/dann adaptors belong to the showcase dataset;
+    # another dataset gets no target and no adaptation unless asked.  A grid that names
+    # complete models and no backbones evaluates only those models.
+    if merged.get("dataset", SHOWCASE_DATASET) != SHOWCASE_DATASET:
+        if merged.get("target") is None:
+            merged["target"] = "none"
+        merged.setdefault("adaptors", ["none"])
+    if merged.get("models") and "backbones" not in merged:
+        config.backbones = []
     if "_executor_params" in merged:
         merged["executor_params_table"] = merged.pop("_executor_params")
-    known = [*_FIELD_TYPES, *PARAM_TABLES]
+    known = list(dict.fromkeys([*_FIELD_TYPES, *PARAM_TABLES]))
     for key, value in merged.items():
         if key == "executor_params_table":
             key = "executor"
+        if key in _LIST_KEYS and isinstance(value, Mapping) and key[:-1] in PARAM_TABLES:
+            table = key[:-1]
+            first = next(iter(value), "NAME")
+            raise UsageError(
+                f"Config table [{key}.{first}] looks like parameters for {table} {first!r}: "
+                f"parameter tables are singular, [{table}.{first}]. The plural key {key!r} "
+                f"is the list of names ({key} = [\"{first}\", ...]).")
         if key in PARAM_TABLES and (key not in _FIELD_TYPES or isinstance(value, Mapping)):
             if not isinstance(value, Mapping) or not all(
                 isinstance(v, Mapping) for v in value.values()
@@ -318,9 +344,17 @@ def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> Gri
             config.eps = eps
         elif key in ("limit",):
             if isinstance(value, bool):
-                raise UsageError(f"Config key 'limit' must be an integer >= 1 or 'all', "
-                                 f"got {value!r}.")
-            config.limit = None if value in (0, "0", "all") else _int(value, key, minimum=1)
+                raise UsageError(f"Config key 'limit' must be an integer >= 1, or 0 or 'all' "
+                                 f"for the whole test split; got {value!r}.")
+            if value in (0, "0", "all"):
+                config.limit = None
+            else:
+                try:
+                    config.limit = _int(value, key, minimum=1)
+                except UsageError:
+                    raise UsageError(
+                        f"Config key 'limit' must be an integer >= 1, or 0 or 'all' for the "
+                        f"whole test split; got {value!r}.") from None
         elif key in ("epochs", "batch_size", "eval_batch_size"):
             setattr(config, key, _int(value, key, minimum=1 if key != "epochs" else 0))
         elif key == "seed":

@@ -217,6 +217,8 @@ def run_attack_cascade(
     keep_examples: int = 0,
     on_batch: Callable[[], None] | None = None,
     nested: bool = True,
+    attack_model: nn.Module | None = None,
+    start_robust: dict[float, torch.Tensor] | None = None,
 ) -> list[EpsOutcome]:
     """Attack the correctly classified samples over ``eps_list`` (ascending).
 
@@ -225,9 +227,13 @@ def run_attack_cascade(
     says the budgets are nested balls, so a sample fooled at one eps is fooled at every
     larger eps and is not attacked again; a corruption's severities are not nested (severity
     4 is another image, not a superset of severity 3), so each runs on every clean-correct
-    sample.
+    sample.  ``attack_model`` is what the attack differentiates when it is not ``model``
+    itself (an expectation over a randomised defense); verification always uses ``model``.
+    ``start_robust`` (eps -> bool mask) restricts each eps to the samples still robust
+    there under the attacks run before (an ensemble's members): the outcome is then
+    cumulative.
     """
-    counting = CountingModel(model)
+    counting = CountingModel(attack_model if attack_model is not None else model)
     eps_list = sorted(eps_list)
     outcomes: list[EpsOutcome] = []
     robust = clean_correct.clone()
@@ -240,13 +246,16 @@ def run_attack_cascade(
     if kind == "minimal":  # one run; the curve follows from the per-sample norms
         torch.manual_seed(seed)
         start = time.perf_counter()
+        if start_robust is not None:  # robust at the smallest eps: every one still in play
+            robust &= start_robust[min(eps_list)]
         run = _attack_indices(attack, counting, model, x, y, still_robust(), eps=None, **common)
         seconds = time.perf_counter() - start
         for i, eps in enumerate(eps_list):
             fooled = run.fooled & (run.norms <= eps + EPS_TOLERANCE * max(1.0, eps))
             first, last = i == 0, i == len(eps_list) - 1
+            before = clean_correct if start_robust is None else clean_correct & start_robust[eps]
             outcomes.append(EpsOutcome(
-                eps=eps, robust=clean_correct & ~fooled, n_invalid=run.invalid,
+                eps=eps, robust=before & ~fooled, n_invalid=run.invalid,
                 grad_evals=counting.grad_evals if first else 0,
                 queries=counting.queries if first else 0,
                 seconds=seconds if first else 0.0, reasons=run.reasons,
@@ -261,6 +270,8 @@ def run_attack_cascade(
         start = time.perf_counter()
         if not nested:
             robust = clean_correct.clone()
+        if start_robust is not None:
+            robust &= start_robust[eps]
         run = _attack_indices(attack, counting, model, x, y, still_robust(), eps=eps, **common)
         robust &= ~run.fooled
         outcomes.append(EpsOutcome(

@@ -1,12 +1,21 @@
 """Every hook a robench plugin can implement.
 
 A plugin is a module (or object) with functions marked ``@robench.hookimpl`` whose names
-match the specs below.  Each hook takes no arguments and returns an iterable of spec objects;
-the host calls every implementation, merges the results and refuses a name registered twice
-(naming both plugins).  Plugins are found through the entry-point group ``robench``.
+match the specs below.  Each hook returns an iterable of spec objects; the host calls every
+implementation through pluggy's hook caller, merges the results and refuses a name
+registered twice (naming both plugins).  Plugins are found through the entry-point group
+``robench``.
 
-Hooks may gain keyword arguments in later versions; pluggy lets an implementation accept
-fewer arguments than its spec, so plugins written today keep working.
+Every hook is called with the keyword argument ``robench_version`` (the running robench's
+version, for a plugin that registers differently across versions).  An implementation
+declares only the arguments it uses: ``def robench_register_attacks():`` is as valid as
+``def robench_register_attacks(robench_version):``.  Hooks may gain keyword arguments in
+later versions, and implementations written today keep working, because pluggy passes each
+implementation only the arguments it names.
+
+What each factory returns is described by the protocols in :mod:`robench.protocols`
+(``Attack``, ``Adaptor``, ``Executor``, ``Reporter``, ...); the host checks a built object
+against its protocol and names the plugin when a member is missing.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def robench_register_datasets() -> Iterable[DatasetSpec]:
+def robench_register_datasets(robench_version: str) -> Iterable[DatasetSpec]:
     """Register datasets.
 
     Called once per plugin host, when a dataset is first looked up.  Each factory is called
@@ -46,7 +55,7 @@ def robench_register_datasets() -> Iterable[DatasetSpec]:
 
 
 @hookspec
-def robench_register_backbones() -> Iterable[BackboneSpec]:
+def robench_register_backbones(robench_version: str) -> Iterable[BackboneSpec]:
     """Register feature extractors.
 
     Each factory is called with ``image_size`` and ``in_chans`` of the dataset besides the
@@ -57,7 +66,7 @@ def robench_register_backbones() -> Iterable[BackboneSpec]:
 
 
 @hookspec
-def robench_register_heads() -> Iterable[HeadSpec]:
+def robench_register_heads(robench_version: str) -> Iterable[HeadSpec]:
     """Register classification heads (``features -> logits``).
 
     Each factory is called with ``num_features`` and ``num_classes`` besides the user's
@@ -67,7 +76,7 @@ def robench_register_heads() -> Iterable[HeadSpec]:
 
 
 @hookspec
-def robench_register_adaptors() -> Iterable[AdaptorSpec]:
+def robench_register_adaptors(robench_version: str) -> Iterable[AdaptorSpec]:
     """Register domain-adaptation objectives used during training.
 
     Each factory is called with ``num_features`` besides the user's parameters and returns a
@@ -76,7 +85,7 @@ def robench_register_adaptors() -> Iterable[AdaptorSpec]:
 
 
 @hookspec
-def robench_register_models() -> Iterable[ModelSpec]:
+def robench_register_models(robench_version: str) -> Iterable[ModelSpec]:
     """Register complete classifiers (evaluated as they are, never trained by the grid).
 
     Each factory is called with the user's parameters (and ``name`` for a ``prefix:*``
@@ -86,7 +95,7 @@ def robench_register_models() -> Iterable[ModelSpec]:
 
 
 @hookspec
-def robench_register_defenses() -> Iterable[DefenseSpec]:
+def robench_register_defenses(robench_version: str) -> Iterable[DefenseSpec]:
     """Register defenses: training objectives (``stage = "training"``: adversarial training
     through robench's attacks) and wrappers of the evaluated model (``stage = "inference"``).
     """
@@ -96,7 +105,7 @@ def robench_register_defenses() -> Iterable[DefenseSpec]:
 
 
 @hookspec
-def robench_register_attacks() -> Iterable[AttackSpec]:
+def robench_register_attacks(robench_version: str) -> Iterable[AttackSpec]:
     """Register adversarial attacks and corruptions.
 
     Each factory returns an object with ``perturb(model, x, y, eps, target=None) -> x_adv``.
@@ -109,12 +118,12 @@ def robench_register_attacks() -> Iterable[AttackSpec]:
 
 
 @hookspec
-def robench_register_executors() -> Iterable[ExecutorSpec]:
+def robench_register_executors(robench_version: str) -> Iterable[ExecutorSpec]:
     """Register executors that run grid jobs (``local`` in-process, ``ray`` on a cluster)."""
 
 
 @hookspec
-def robench_register_reporters() -> Iterable[ReporterSpec]:
+def robench_register_reporters(robench_version: str) -> Iterable[ReporterSpec]:
     """Register report writers (``csv``, ``md``, ``html``, ``json``) fed the results table."""
 
 

@@ -9,11 +9,13 @@ extra plugin objects passed in, and with plugins blocked by name.  Environment s
 
 from __future__ import annotations
 
-import fnmatch
+import importlib
 import inspect
 import os
+import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from types import ModuleType
 from typing import Any
 
 import pluggy
@@ -92,12 +94,51 @@ def build_plugin_manager(
     return pm
 
 
+@dataclass(frozen=True)
+class HostRecipe:
+    """How to build an equal plugin host in another process: entry points on or off, the
+    extra plugins as importable module names, the blocked names.  ``portable`` is False when
+    an extra plugin is an object that cannot be imported by name (a class defined in a
+    notebook): such a host serves only its own process."""
+
+    entry_points: bool = True
+    modules: tuple[str, ...] = ()
+    blocked: tuple[str, ...] = ()
+    portable: bool = True
+
+    def build(self) -> PluginHost:
+        if not self.portable:
+            raise PluginError(
+                "This grid's plugin host holds plugins registered as Python objects, which "
+                "cannot be rebuilt in another process. Register them through an entry point "
+                "or as an importable module, or run the grid in one process (workers = 1)."
+            )
+        plugins = [importlib.import_module(name) for name in self.modules]
+        return PluginHost.create(entry_points=self.entry_points, plugins=plugins,
+                                 blocked=self.blocked)
+
+
+def _recipe(entry_points: bool, plugins: Sequence[object], blocked: Iterable[str]) -> HostRecipe:
+    modules, portable = [], True
+    for plugin in plugins:
+        name = getattr(plugin, "__name__", "")
+        if isinstance(plugin, ModuleType) and sys.modules.get(name) is plugin and \
+                name != "__main__":
+            modules.append(name)
+        else:
+            portable = False
+    return HostRecipe(entry_points=entry_points, modules=tuple(modules),
+                      blocked=tuple(blocked), portable=portable)
+
+
 class PluginHost:
     """Looks up, lists and builds the things plugins registered."""
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    def __init__(self, pm: pluggy.PluginManager, recipe: HostRecipe | None = None) -> None:
         self.pm = pm
+        self.recipe = recipe or HostRecipe(portable=False)
         self._registry: dict[str, dict[str, PluginSpec]] = {}
+        self._fingerprints: dict[str, str] = {}
 
     @classmethod
     def create(
@@ -107,8 +148,10 @@ class PluginHost:
         plugins: Iterable[object] = (),
         blocked: Iterable[str] = (),
     ) -> PluginHost:
+        plugins, blocked = list(plugins), list(blocked)
         return cls(build_plugin_manager(entry_points=entry_points, plugins=plugins,
-                                        blocked=blocked))
+                                        blocked=blocked),
+                   _recipe(entry_points, plugins, blocked))
 
     # ------------------------------------------------------------------ registry
 
@@ -120,6 +163,29 @@ class PluginHost:
                 return f"{dist.metadata['name']} {dist.version}"
         return ""
 
+    def fingerprint(self, plugin_name: str) -> str:
+        """What identifies a plugin's code, for task keys: its distribution and version,
+        plus a hash of its source files when it is installed editable or from a folder (a
+        plugin under development changes without a new version), or is no distribution's.
+        A rerun after a plugin changed recomputes that plugin's tasks."""
+        if plugin_name in self._fingerprints:
+            return self._fingerprints[plugin_name]
+        dist_text, editable = "", True
+        for ep in _entry_points():
+            dist = getattr(ep, "dist", None)
+            if ep.name == plugin_name and dist is not None:
+                dist_text = f"{dist.metadata['name']} {dist.version}"
+                editable = _installed_from_a_folder(dist) or \
+                    not _in_site_packages(self.pm.get_plugin(plugin_name))
+                break
+        text = dist_text
+        if editable:
+            plugin = self.pm.get_plugin(plugin_name)
+            digest = _source_hash(plugin)
+            text = f"{dist_text} src:{digest}" if dist_text else f"{plugin_name} src:{digest}"
+        self._fingerprints[plugin_name] = text
+        return text
+
     def specs(self, kind: str) -> dict[str, PluginSpec]:
         """Every spec of ``kind`` by name, collected once and checked."""
         if kind not in HOOK_KINDS:
@@ -127,11 +193,18 @@ class PluginHost:
         if kind in self._registry:
             return self._registry[kind]
         spec_type = SPEC_TYPES[kind]
-        hook = getattr(self.pm.hook, HOOK_KINDS[kind])
+        hook_name = HOOK_KINDS[kind]
+        hook = getattr(self.pm.hook, hook_name)
         merged: dict[str, PluginSpec] = {}
-        for impl in hook.get_hookimpls():
+        impls = hook.get_hookimpls()
+        for impl in impls:
+            # through pluggy's hook caller, one plugin at a time (so each spec is credited to
+            # its plugin): an implementation may take fewer arguments than the spec
+            others = [i.plugin for i in impls if i.plugin is not impl.plugin]
+            caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
             try:
-                returned = impl.function()
+                returned = [spec for result in caller(**hook_arguments())
+                            for spec in (result or ())]
             except Exception as exc:
                 raise PluginError(
                     f"Plugin {impl.plugin_name!r} raised in {HOOK_KINDS[kind]}: "
@@ -157,10 +230,6 @@ class PluginHost:
     def names(self, kind: str) -> list[str]:
         return list(self.specs(kind))
 
-    def select(self, kind: str, pattern: str) -> list[str]:
-        """Names of ``kind`` matching a shell-style wildcard (``pgd*``), natural order."""
-        return [n for n in self.names(kind) if fnmatch.fnmatchcase(n, pattern)]
-
     def resolve(self, kind: str, name: str) -> tuple[PluginSpec, dict[str, Any]]:
         """The spec serving ``name`` and the extra factory params it implies.
 
@@ -180,10 +249,73 @@ class PluginHost:
 
     def build(self, kind: str, name: str, /, **params: Any) -> Any:
         """Call the factory serving ``name`` with ``params`` (checked against its signature)."""
+        from robench.protocols import check_built
+
         spec, implied = self.resolve(kind, name)
         call = {**params, **implied}
         check_params(spec, name, call)
-        return spec.factory(**call)
+        return check_built(kind, name, spec.plugin, spec.factory(**call))
+
+
+def _installed_from_a_folder(dist: Any) -> bool:
+    """Whether a distribution is an editable or a local-folder install (PEP 610)."""
+    import json
+
+    try:
+        direct = dist.read_text("direct_url.json")
+    except Exception:  # metadata unreadable: treat as a folder, so its source is hashed
+        return True
+    if not direct:
+        return False
+    try:
+        info = json.loads(direct)
+    except ValueError:
+        return True
+    return bool(info.get("dir_info", {}).get("editable")) or \
+        str(info.get("url", "")).startswith("file:")
+
+
+def _in_site_packages(plugin: Any) -> bool:
+    """Whether the plugin's module file lies in an installed-packages folder (an editable
+    install's does not: it is the developer's checkout)."""
+    import sysconfig
+    from pathlib import Path
+
+    path = getattr(plugin, "__file__", None)
+    if not path:
+        return False
+    roots = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
+    return any(Path(path).resolve().is_relative_to(root) for root in roots)
+
+
+def _source_hash(plugin: Any) -> str:
+    """sha256 (16 hex) of the plugin's source: its package's ``.py`` files, or its module's
+    file; an object without a source file hashes its type's qualified name."""
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    module = plugin if isinstance(plugin, ModuleType) else sys.modules.get(
+        getattr(type(plugin), "__module__", ""), None)
+    path = getattr(module, "__file__", None) if module is not None else None
+    if not path:
+        digest.update(repr(type(plugin).__qualname__).encode())
+        return digest.hexdigest()[:16]
+    package = getattr(module, "__package__", "") or ""
+    folder = Path(path).parent
+    files = sorted(folder.rglob("*.py")) if package and Path(path).parent.joinpath(
+        "__init__.py").exists() else [Path(path)]
+    for file in files:
+        digest.update(file.relative_to(folder).as_posix().encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def hook_arguments() -> dict[str, Any]:
+    """The keyword arguments every registration hook is called with (see hookspecs)."""
+    from robench.version import __version__
+
+    return {"robench_version": __version__}
 
 
 def check_params(spec: PluginSpec, name: str, params: dict[str, Any]) -> None:
@@ -218,6 +350,10 @@ def plugin_table(host: PluginHost, kinds: Sequence[str] = KINDS) -> list[dict[st
                 extra = f"[{spec.threat}, {spec.kind}{', black-box' if spec.black_box else ''}] "
             elif kind == "head":
                 extra = f"[{spec.backbone_training}] "
+            elif kind == "model" and spec.source:
+                extra = f"[{spec.source}] "
+            elif kind == "defense":
+                extra = f"[{spec.stage}] "
             rows.append({
                 "kind": kind,
                 "name": spec.name,

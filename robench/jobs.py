@@ -3,11 +3,70 @@ arguments, so the same job runs in-process, in a subprocess or on a Ray worker."
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+#: torch intra-op threads a task runs with unless its executor is told otherwise.  One
+#: thread per task gives every machine and executor the same numbers (training reduces its
+#: sums in an order that depends on the thread count), and parallelism comes from running
+#: independent tasks side by side instead.
+DEFAULT_THREADS_PER_TASK = 1
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def pin_threads(threads: int) -> None:
+    """Run torch with ``threads`` intra-op threads, and as many inter-op threads where torch
+    still allows it (once per process, before any inter-op work; otherwise left as it is:
+    the inter-op count does not change any number)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if torch.get_num_interop_threads() != threads:
+        with contextlib.suppress(RuntimeError):
+            torch.set_num_interop_threads(threads)
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int) -> Iterator[None]:
+    """Intra-op threads pinned to ``threads`` inside the block, restored after it (for
+    executors that run jobs in the caller's process)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def task_threads(executor: object | None = None) -> int:
+    """The torch intra-op threads each task of ``executor`` runs with.
+
+    An executor that pins them (``local``, ``ray``) says so in its ``threads_per_task``
+    attribute; one that does not runs jobs with whatever threads its processes have, so the
+    answer is this process's own count.  The grid records it in its provenance, and in the
+    task keys when it is not 1, because the thread count changes the numbers.
+    """
+    threads = getattr(executor, "threads_per_task", None)
+    if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
+        return threads
+    import torch
+
+    return torch.get_num_threads()
+
 
 _progress_callback: Callable[[str, int, int], None] | None = None
 
@@ -19,6 +78,8 @@ def set_progress_callback(callback: Callable[[str, int, int], None] | None) -> N
 
 
 def report_progress(label: str, done: int, total: int) -> None:
+    """Report ``done`` of ``total`` steps of the job in flight.  In a worker process of an
+    executor the callback forwards it to the driver, whose own callback shows it."""
     if _progress_callback is not None:
         _progress_callback(label, done, total)
 
@@ -40,6 +101,10 @@ class Job:
     #: (``needs``): an executor whose workers do not share the run folder ships them
     produces: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()
+    #: False when the job can run only in the driver's process: it carries something that
+    #: cannot be rebuilt in another one (a plugin host holding plugins registered as Python
+    #: objects).  The ``local`` executor then runs the whole call in its own process.
+    portable: bool = True
 
     def execute(self) -> JobOutcome:
         """Run the job; an exception becomes a failed outcome (Ctrl-C still stops the run)."""

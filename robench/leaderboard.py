@@ -16,6 +16,11 @@ of the true worst case and is labelled as such in ``headline_source``.
 
 Rows are ranked within each test set (dataset and domain): accuracies measured on different
 test sets are not comparable, so a source row never outranks a target row or vice versa.
+A model at or below the clean-accuracy floor (:data:`CHANCE_FACTOR` times chance, i.e. the
+harness's ``near-chance`` flag) is ranked after every model above it, whatever its robust
+accuracy: a model that is almost never right is almost never fooled, and must not win.
+
+This module never imports :mod:`robench.merge` (merge imports this one).
 """
 
 from __future__ import annotations
@@ -53,6 +58,17 @@ Z95 = 1.959963984540054
 #: columns identifying one leaderboard row; ``run`` keeps merged submissions apart
 GROUP_KEYS: list[str] = ["run", "model", "dataset", "domain"]
 
+#: the clean-accuracy floor, as a multiple of chance (1 / num_classes): at or below it a model
+#: is ``near-chance`` (the harness's flag of the same name uses the same factor)
+CHANCE_FACTOR = 1.5
+NEAR_CHANCE_FLAG = "near-chance"
+
+#: optional columns (not every results table has them) carried into the leaderboard
+OPTIONAL_COLUMNS: tuple[str, ...] = ("defense", "precision")
+
+#: how bad a row status is, for the headline's status (worst wins)
+_STATUS_SEVERITY = {"": 0, "ok": 0, "invalid": 1, "incomplete": 2, "failed": 3}
+
 HEADLINE_DOC = (
     "The headline metric is the worst-case robust accuracy: the fraction of the n test "
     "samples that are classified correctly and that no attack of the threat model fooled, "
@@ -60,9 +76,14 @@ HEADLINE_DOC = (
     "corruption, in that order) and the eps is the grid's eps closest to the threat's "
     "reference budget (linf 8/255, l2 0.5, l1 10, l0 10 pixels, corruption severity 3). "
     "A model without worst-case rows for that threat falls back to the lowest robust "
-    "accuracy over its attacks (an optimistic bound; see headline_source). Ties are broken "
-    "by clean accuracy. Rows are ranked within each test set (dataset and domain), because "
-    "accuracies on different test sets are not comparable. Intervals are 95% Wilson score "
+    "accuracy over its attacks (an optimistic bound; see headline_source). A headline "
+    "marked incomplete combines fewer attacks than the grid names (one failed; see flags), "
+    "so it is optimistic too. Rows are ranked within each test set (dataset and domain), "
+    "because accuracies on different test sets are not comparable. Only models above the "
+    "clean-accuracy floor are ranked by the headline: a model whose clean accuracy is at "
+    "most 1.5 times chance (flag near-chance) is almost never right, so it is almost never "
+    "fooled and its robust accuracy means nothing; such models are ranked last and marked "
+    "near chance. Ties are broken by clean accuracy. Intervals are 95% Wilson score "
     "intervals over the n samples; auc is the area under the robust-accuracy-vs-eps curve "
     "from eps 0 (= clean accuracy) to the grid's largest eps, divided by that eps."
 )
@@ -295,7 +316,7 @@ def _status_summary(values: pd.Series) -> str:
     counts = Counter(v or "unknown" for v in values)
     if len(counts) == 1:
         return next(iter(counts))
-    order = ["ok", "invalid", "failed"]
+    order = ["ok", "invalid", "incomplete", "failed"]
     names = [s for s in order if s in counts] + sorted(s for s in counts if s not in order)
     return ", ".join(f"{name} {counts[name]}" for name in names)
 
@@ -317,6 +338,9 @@ def _base_rows(results: pd.DataFrame) -> pd.DataFrame:
         _queries=results["queries"].where(attack, 0),
         _clean_ran=results["clean_acc"].where(results["status"] != "failed"),
     )
+    optional = [c for c in OPTIONAL_COLUMNS if c in frame]
+    for column in optional:
+        frame[column] = frame[column].astype("string").fillna("").str.strip()
     for column in ("backbone", "head", "adaptor"):
         frame[column] = frame[column].replace("", pd.NA)
     grouped = frame.groupby(GROUP_KEYS, sort=False, dropna=False)
@@ -335,43 +359,89 @@ def _base_rows(results: pd.DataFrame) -> pd.DataFrame:
         "grad_evals": ("_grad", "sum"),
         "queries": ("_queries", "sum"),
         "seed": ("seed", "first"),
+        **({"perceptual_alignment": ("perceptual_alignment", "first")}
+           if "perceptual_alignment" in frame else {}),
         "device": ("device", _joined),
     }
+    for column in optional:
+        spec[column] = (column, _joined)
+    if "num_classes" in frame:
+        frame["num_classes"] = pd.to_numeric(frame["num_classes"], errors="coerce")
+        spec["_classes"] = ("num_classes", "max")
     if "source_file" in frame:
         spec["source_file"] = ("source_file", _joined)
     board = grouped.agg(**spec).reset_index()
     board["clean_acc"] = board["_clean_ran"].fillna(board["_clean_any"]).astype("float64")
     for column in ("backbone", "head", "adaptor"):
         board[column] = board[column].astype("string").fillna("")
-    return board.drop(columns=["_clean_ran", "_clean_any"])
+    board["near_chance"] = _near_chance(board)
+    return board.drop(columns=["_clean_ran", "_clean_any", "_classes"], errors="ignore")
+
+
+def _near_chance(board: pd.DataFrame) -> pd.Series:
+    """At or below the clean-accuracy floor: flagged ``near-chance`` by the harness, or, when
+    the table says how many classes there are (an optional ``num_classes`` column), clean
+    accuracy at most :data:`CHANCE_FACTOR` / num_classes."""
+    flagged = board["flags"].map(lambda f: NEAR_CHANCE_FLAG in str(f).split(";"))
+    if "_classes" in board:
+        classes = pd.to_numeric(board["_classes"], errors="coerce")
+        floor = CHANCE_FACTOR / classes.where(classes > 0)
+        flagged |= (board["clean_acc"] <= floor + 1e-12).fillna(False)
+    return flagged.astype(bool)
+
+
+def _headline_status(results: pd.DataFrame, headline: Headline) -> dict[tuple[Any, ...], str]:
+    """Per leaderboard row, how trustworthy its headline is: ``ok``, ``invalid`` (a combined
+    row failed verification), ``incomplete`` (an attack of the threat failed, so fewer
+    attacks were combined) or ``failed``; the worst status at the headline threat and eps."""
+    if headline.threat == "none":
+        return {}
+    rows = results[(results["threat"] == headline.threat)
+                   & (results["eps"].map(eps_key) == headline.eps)]
+    if rows.empty:
+        return {}
+    worst = _is_worst(rows)
+    status = rows["status"].astype(str).str.strip()
+    # a failed attack leaves the worst case (or the minimum) over the remaining attacks
+    status = status.where(worst | (status != "failed"), "incomplete")
+    severity = status.map(lambda s: _STATUS_SEVERITY.get(s, 1))
+    frame = rows[GROUP_KEYS].assign(_status=status, _severity=severity)
+    top = frame.sort_values("_severity", kind="stable").groupby(GROUP_KEYS, sort=False).last()
+    return {key: value for key, value in zip(top.index, top["_status"], strict=True)}
 
 
 def _rank_within_test_sets(board: pd.DataFrame) -> pd.DataFrame:
-    """Sort best first inside each dataset x domain block and number the rows 1, 2, 2, 4."""
+    """Sort best first inside each dataset x domain block and number the rows 1, 2, 2, 4.
+
+    Models above the clean-accuracy floor come first, ordered by headline then clean
+    accuracy; near-chance models follow them, ordered the same way among themselves."""
     block_order = {k: i for i, k in enumerate(dict.fromkeys(zip(board["dataset"],
                                                                 board["domain"],
                                                                 strict=True)))}
     board = board.assign(
         _domain=board["domain"].map(lambda d: _DOMAIN_ORDER.get(d, 2)),
         _block=[block_order[k] for k in zip(board["dataset"], board["domain"], strict=True)],
+        _floor=board["near_chance"].astype(bool),
         _head=board["headline_acc"].fillna(-1.0),
         _clean=board["clean_acc"].fillna(-1.0),
     )
-    board = board.sort_values(["_domain", "_block", "_head", "_clean", "model", "run"],
-                              ascending=[True, True, False, False, True, True], kind="stable")
+    board = board.sort_values(["_domain", "_block", "_floor", "_head", "_clean", "model", "run"],
+                              ascending=[True, True, True, False, False, True, True],
+                              kind="stable")
     ranks: list[int] = []
     previous: tuple[Any, ...] | None = None
     position = 0
-    for block, head, clean in zip(board["_block"], board["_head"], board["_clean"],
-                                  strict=True):
-        position = 1 if previous is None or previous[0] != block else position + 1
-        if previous is not None and previous == (block, head, clean):
+    for current in zip(board["_block"], board["_floor"], board["_head"], board["_clean"],
+                       strict=True):
+        position = 1 if previous is None or previous[0] != current[0] else position + 1
+        if previous is not None and previous == current:
             ranks.append(ranks[-1])
         else:
             ranks.append(position)
-        previous = (block, head, clean)
+        previous = current
     board.insert(0, "rank", ranks)
-    return board.drop(columns=["_domain", "_block", "_head", "_clean"]).reset_index(drop=True)
+    return board.drop(columns=["_domain", "_block", "_floor", "_head", "_clean"]
+                      ).reset_index(drop=True)
 
 
 def _add_comparisons(board: pd.DataFrame) -> pd.DataFrame:
@@ -388,6 +458,7 @@ def _add_comparisons(board: pd.DataFrame) -> pd.DataFrame:
                         how="left")
 
     twin_keys = ["run", "dataset", "domain", "backbone", "head"]
+    twin_keys += [c for c in OPTIONAL_COLUMNS if c in board]  # a defense has its own twin
     twins = (board.loc[board["adaptor"] == "none", twin_keys + values]
              .drop_duplicates(twin_keys)
              .rename(columns={"clean_acc": "_twin_clean", "headline_acc": "_twin_head"}))
@@ -401,27 +472,34 @@ def _add_comparisons(board: pd.DataFrame) -> pd.DataFrame:
 def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
     """One row per model and test domain (and run, when merged), best first.
 
-    Columns, in order: ``rank`` (within the row's dataset x domain), ``model``, ``backbone``,
-    ``head``, ``adaptor``, ``dataset``, ``domain``, ``n``, ``clean_acc`` with
+    Columns, in order: ``rank`` (within the row's dataset x domain; near-chance models after
+    all others), ``model``, ``backbone``, ``head``, ``adaptor``, ``defense`` and ``precision``
+    when the results have them, ``dataset``, ``domain``, ``n``, ``clean_acc`` with
     ``clean_ci_low``/``clean_ci_high``, ``headline_acc`` with ``headline_ci_low``/
     ``headline_ci_high``, ``headline_metric`` (what it is, e.g. ``worst-case robust accuracy,
-    linf @ 8/255``), ``headline_source``; then ``robust[THREAT@EPS]`` for every threat and eps
-    of the grid and ``auc[THREAT]`` per threat; ``gap_clean``/``gap_robust`` (source minus
-    target of the same model); ``adapt_gain_clean``/``adapt_gain_robust`` (this row minus the
-    same backbone+head with adaptor ``none``, same run, dataset and domain; on target rows
-    this is the adaptation gain, on source rows what adapting cost the source); ``flags``
-    (union), ``status`` (e.g. ``ok`` or ``ok 10, invalid 2``), ``params``,
-    ``train_seconds``, ``attack_seconds``, ``grad_evals``, ``queries`` (totals over the
-    attacks), ``run``, ``seed``, ``device`` and ``source_file`` when the results have it.
+    linf @ 8/255``), ``headline_source``, ``headline_status`` (``ok``, ``invalid``,
+    ``incomplete`` or ``failed``: the worst status of the rows the headline comes from),
+    ``near_chance`` (at or below the clean-accuracy floor, ranked last); then
+    ``robust[THREAT@EPS]`` for every threat and eps of the grid and ``auc[THREAT]`` per threat;
+    ``gap_clean``/``gap_robust`` (source minus target of the same model);
+    ``adapt_gain_clean``/``adapt_gain_robust`` (this row minus the same backbone+head with
+    adaptor ``none``, same run, dataset and domain; on target rows this is the adaptation gain,
+    on source rows what adapting cost the source); ``flags`` (union), ``status`` (e.g. ``ok``
+    or ``ok 10, invalid 2``), ``params``, ``train_seconds``, ``attack_seconds``,
+    ``grad_evals``, ``queries`` (totals over the attacks), ``run``, ``seed``, ``device`` and
+    ``source_file`` when the results have it.
     Accuracies are fractions in [0, 1]; ``nan`` where a value cannot be computed.
     """
     results = coerce_results(results)
     mains = _main_eps_by_threat(results)
     headline = _headline_of(mains)
-    fixed = ["rank", "model", "backbone", "head", "adaptor", "dataset", "domain", "n",
-             "clean_acc", "clean_ci_low", "clean_ci_high", "headline_acc", "headline_ci_low",
-             "headline_ci_high", "headline_metric", "headline_source"]
-    tail = ["gap_clean", "gap_robust", "adapt_gain_clean", "adapt_gain_robust", "flags",
+    optional = [c for c in OPTIONAL_COLUMNS if c in results]
+    fixed = ["rank", "model", "backbone", "head", "adaptor", *optional, "dataset", "domain",
+             "n", "clean_acc", "clean_ci_low", "clean_ci_high", "headline_acc",
+             "headline_ci_low", "headline_ci_high", "headline_metric", "headline_source",
+             "headline_status", "near_chance"]
+    tail = ["gap_clean", "gap_robust", "adapt_gain_clean", "adapt_gain_robust",
+            *(["perceptual_alignment"] if "perceptual_alignment" in results else []), "flags",
             "status", "params", "train_seconds", "attack_seconds", "grad_evals", "queries",
             "run", "seed", "device"]
     if "source_file" in results:
@@ -471,6 +549,9 @@ def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
         board["headline_acc"] = math.nan
     board["headline_metric"] = headline.describe()
     board.loc[board["headline_acc"].isna(), "headline_source"] = ""
+    statuses = _headline_status(results, headline)
+    board["headline_status"] = [statuses.get(key, "") for key in
+                                board[GROUP_KEYS].itertuples(index=False, name=None)]
     clean_ci = [wilson_interval(p, n) for p, n in zip(board["clean_acc"], board["n"],
                                                        strict=True)]
     head_ci = [wilson_interval(p, n) for p, n in zip(board["headline_acc"], board["n"],
@@ -516,59 +597,61 @@ def write_reports(
     return written
 
 
-def read_run_context(run_dir: str | Path, results: pd.DataFrame | None = None) -> dict[str, Any]:
-    """The reporter ``context`` of a finished run, rebuilt from its ``run.json``.
-
-    Tolerates a missing or partial run.json (a results.csv copied on its own still gets a
-    report); the title then comes from the results' ``run`` column or the folder name.
-    """
-    run_dir = Path(run_dir)
-    meta: dict[str, Any] = {}
-    run_json = run_dir / "run.json"
-    if run_json.is_file():
-        try:
-            meta = json.loads(run_json.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"{run_json}: not readable as JSON ({exc}).") from exc
-        if not isinstance(meta, dict):
-            raise UsageError(f"{run_json}: expected a JSON object, got {type(meta).__name__}.")
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    provenance = meta.get("provenance")
-    if not isinstance(provenance, dict):
-        provenance = {k: v for k, v in meta.items() if k not in ("config", "name")}
-    name = meta.get("name") or config.get("name")
-    if not name and results is not None and "run" in results and len(results):
-        name = _joined(results["run"].astype(str))
-    return {
-        "name": str(name or run_dir.resolve().name),
-        "config": config,
-        "provenance": provenance,
-        "examples_dir": run_dir / "examples",
-    }
+def reporter_params(config: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``reporter name -> parameters`` from a run's config (its ``[reporter.NAME]`` tables,
+    stored as ``params.reporter``); empty when the config has none."""
+    params = (config or {}).get("params") if isinstance(config, Mapping) else None
+    table = params.get("reporter") if isinstance(params, Mapping) else None
+    if not isinstance(table, Mapping):
+        return {}
+    return {str(k): dict(v) for k, v in table.items() if isinstance(v, Mapping)}
 
 
-def report_run(
+def read_run_json(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's ``run.json`` as a dict; ``{}`` when there is none."""
+    run_json = Path(run_dir) / "run.json"
+    if not run_json.is_file():
+        return {}
+    try:
+        meta = json.loads(run_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{run_json}: not readable as JSON ({exc}).") from exc
+    if not isinstance(meta, dict):
+        raise UsageError(f"{run_json}: expected a JSON object, got {type(meta).__name__}.")
+    return meta
+
+
+def report_context(
     run_dir: str | Path,
+    meta: Mapping[str, Any] | None = None,
     *,
-    reporters: Sequence[str] | None = None,
-    host: Any = None,
-) -> list[Path]:
-    """``robench report RUN_DIR``: rebuild a run's reports from its results.csv and run.json.
+    name: str | None = None,
+    results: pd.DataFrame | None = None,
+    examples: bool = True,
+) -> dict[str, Any]:
+    """The ``context`` every reporter receives; the one place it is built.
 
-    The reporters and their parameters come from the run's config unless ``reporters`` is
-    given; results.csv is validated like a merge input, so a hand-edited file fails with a
-    message naming the problem instead of a broken report.
+    ``meta`` is shaped like a run's ``run.json`` (what the grid writes): ``name``, ``config``
+    (the run's configuration) and either a ``provenance`` mapping or the provenance keys at
+    top level (versions, device, seed, ...).  A missing or partial ``meta`` is fine (a
+    results.csv copied on its own still gets a report): the title is then ``name``, else the
+    results' ``run`` column, else the folder's name.  ``examples`` says whether
+    ``run_dir/examples`` holds this run's example images (a merge of several runs has none).
+
+    Returns ``{"name": str, "config": dict, "provenance": dict, "examples_dir": Path|None}``.
     """
-    from robench.merge import read_results
-
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UsageError(f"Run folder {run_dir} does not exist.")
-    results = read_results(run_dir / "results.csv", source_column=False)
-    context = read_run_context(run_dir, results)
-    config = context["config"]
-    if reporters is None:
-        reporters = list(config.get("reporters") or DEFAULT_REPORTERS)
-    params = (config.get("params") or {}).get("reporter", {}) if isinstance(config, dict) else {}
-    return write_reports(results, run_dir, context, reporters=reporters, params=params,
-                         host=host)
+    meta = dict(meta or {})
+    config = meta.get("config") if isinstance(meta.get("config"), Mapping) else {}
+    provenance = meta.get("provenance")
+    if not isinstance(provenance, Mapping):
+        provenance = {k: v for k, v in meta.items() if k not in ("config", "name")}
+    title = name or meta.get("name") or config.get("name")
+    if not title and results is not None and "run" in results and len(results):
+        title = _joined(results["run"].astype(str))
+    return {
+        "name": str(title or run_dir.resolve().name),
+        "config": dict(config),
+        "provenance": dict(provenance),
+        "examples_dir": run_dir / "examples" if examples else None,
+    }

@@ -8,6 +8,10 @@ from (``source_file``, and ``run``, filled from the file name when a submission 
 The same measurement submitted twice is kept once; two files claiming different numbers for
 the same model, domain, dataset, attack, eps and run are refused, naming both, because
 silently keeping either would make the leaderboard untrustworthy.
+
+``robench report RUN_DIR`` (:func:`report_run`) lives here too, because it validates the
+run's results.csv like a merge input.  This module imports :mod:`robench.leaderboard`; the
+leaderboard never imports this one.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ import pandas as pd
 
 from robench.errors import UsageError
 from robench.io import atomic_write_text
-from robench.leaderboard import eps_key, write_reports
+from robench.leaderboard import (
+    DEFAULT_REPORTERS,
+    eps_key,
+    read_run_json,
+    report_context,
+    reporter_params,
+    write_reports,
+)
 from robench.results import coerce_results
 
 #: columns an input must have: what identifies a row and what it measured
@@ -39,7 +50,8 @@ ACCURACY_COLUMNS: tuple[str, ...] = ("clean_acc", "robust_acc")
 COUNT_COLUMNS: tuple[str, ...] = ("n", "n_robust", "n_invalid", "grad_evals", "queries",
                                   "seed", "params")
 DOMAINS: tuple[str, ...] = ("source", "target")
-STATUSES: tuple[str, ...] = ("ok", "invalid", "failed")
+#: ``incomplete``: a worst-case row combining fewer attacks than the grid names (one failed)
+STATUSES: tuple[str, ...] = ("ok", "invalid", "incomplete", "failed")
 #: merged reports are written next to OUT as OUT-stem + this + .csv/.md/.html
 LEADERBOARD_SUFFIX = ".leaderboard"
 MERGE_REPORTERS: tuple[str, ...] = ("csv", "md", "html")
@@ -252,13 +264,10 @@ def merge_leaderboards(paths: Sequence[str | Path], out: str | Path, *,
     sources = [str(_resolve(p)) for p in paths]
     atomic_write_text(out, merged.to_csv(index=False))
     runs = list(dict.fromkeys(merged["run"]))
-    context = {
-        "name": name or f"merged leaderboard ({', '.join(runs)})",
-        "config": {},
-        "provenance": {"merged_from": sources, "runs": runs, "output": str(out)},
-        # example images belong to one run; a merge of several has none of its own
-        "examples_dir": None,
-    }
+    # example images belong to one run; a merge of several has none of its own
+    context = report_context(
+        out.parent, {"provenance": {"merged_from": sources, "runs": runs, "output": str(out)}},
+        name=name or f"merged leaderboard ({', '.join(runs)})", examples=False)
     stem = out.stem + LEADERBOARD_SUFFIX
     params = {reporter: {"stem": stem} for reporter in MERGE_REPORTERS}
     write_reports(merged, out.parent, context, reporters=MERGE_REPORTERS, params=params,
@@ -266,10 +275,36 @@ def merge_leaderboards(paths: Sequence[str | Path], out: str | Path, *,
     return merged
 
 
+def report_run(
+    run_dir: str | Path,
+    *,
+    reporters: Sequence[str] | None = None,
+    host: Any = None,
+) -> list[Path]:
+    """``robench report RUN_DIR``: rebuild a run's reports from its results.csv and run.json.
+
+    The reporters and their parameters come from the run's config unless ``reporters`` is
+    given; results.csv is validated like a merge input, so a hand-edited file fails with a
+    message naming the problem instead of a broken report.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"Run folder {run_dir} does not exist.")
+    results = read_results(run_dir / "results.csv", source_column=False)
+    context = report_context(run_dir, read_run_json(run_dir), results=results)
+    config = context["config"]
+    if reporters is None:
+        reporters = list(config.get("reporters") or DEFAULT_REPORTERS)
+    return write_reports(results, run_dir, context, reporters=reporters,
+                         params=reporter_params(config), host=host)
+
+
 __all__ = [
     "REQUIRED_COLUMNS",
+    "STATUSES",
     "merge_leaderboards",
     "merge_results",
     "merged_report_paths",
     "read_results",
+    "report_run",
 ]

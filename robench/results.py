@@ -10,10 +10,13 @@ import pandas as pd
 
 #: column -> (dtype, meaning)
 COLUMNS: dict[str, tuple[str, str]] = {
-    "model": ("string", "model name: backbone+head+adaptor"),
-    "backbone": ("string", "backbone plugin name, e.g. timm:test_resnet"),
+    "model": ("string", "model name: backbone+head+adaptor[+defense], or a complete model's "
+                        "name (timm:resnet18, file:model.pt)[+defense]"),
+    "backbone": ("string", "backbone plugin name, e.g. timm:test_resnet (blank for a complete "
+                           "model)"),
     "head": ("string", "head plugin name"),
     "adaptor": ("string", "adaptor plugin name ('none' when source only)"),
+    "defense": ("string", "defense plugin name ('none' when undefended)"),
     "dataset": ("string", "dataset plugin name of the evaluated domain"),
     "domain": ("string", "'source' or 'target'"),
     "attack": ("string", "attack plugin name, or 'worst-case'"),
@@ -29,14 +32,20 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "grad_evals": ("int64", "input gradients the attack computed for this eps, over samples"),
     "queries": ("int64", "model forward evaluations the attack made for this eps, over samples"),
     "seconds": ("float64", "wall time spent on this eps"),
-    "status": ("string", "ok, invalid (verification failed) or failed (the task raised)"),
+    "status": ("string", "ok, invalid (verification failed), failed (the task raised) or, "
+                         "on a worst-case row, incomplete (an attack of its group failed)"),
     "flags": ("string", "';'-separated sanity flags (docs/protocol.md)"),
     "error": ("string", "error text when status is failed"),
+    "precision": ("string", "fp32, or the autocast precision (bf16, fp16) of training and "
+                            "attacks"),
     "seed": ("int64", "the run's seed"),
     "device": ("string", "device the row was computed on"),
     "params": ("int64", "parameters of the evaluated model"),
     "train_seconds": ("float64", "wall time spent training the model"),
     "attack_params": ("string", "JSON of the attack's parameters"),
+    "perceptual_alignment": ("float64", "fraction of the model's class images (optimised from "
+                                        "noise) most similar to the mean training image of "
+                                        "their own class; 1/classes is chance"),
     "run": ("string", "run name"),
 }
 

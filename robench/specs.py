@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-from torch.utils.data import Dataset
+if TYPE_CHECKING:  # pragma: no cover - torch is imported only where tensors are made
+    import torch
 
 Threat = Literal["linf", "l2", "l1", "l0", "corruption", "none"]
 THREATS: tuple[str, ...] = ("linf", "l2", "l1", "l0", "corruption", "none")
@@ -126,6 +126,9 @@ class AttackSpec(PluginSpec):
     kind: str = "bounded"
     black_box: bool = False
     targeted: bool = False
+    #: a preset (an ensemble): the member attacks and their parameters, in the order they
+    #: run; the grid runs each member on the samples the ones before did not fool
+    members: tuple[tuple[str, dict[str, Any]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.threat not in THREATS:
@@ -137,9 +140,13 @@ class AttackSpec(PluginSpec):
 @dataclass(frozen=True)
 class ExecutorSpec(PluginSpec):
     """Runs grid jobs; ``factory(**params)`` returns an object with
-    ``run(jobs: Sequence[Job]) -> Iterator[JobOutcome]`` yielding outcomes as jobs finish."""
+    ``run(jobs: Sequence[Job]) -> Iterator[JobOutcome]`` yielding outcomes as jobs finish.
+
+    ``supports_dependencies``: the executor honours ``Job.after`` and receives the whole grid
+    in one call; otherwise the driver sends all training, then all evaluation."""
 
     spec_kind: ClassVar[str] = "executor"
+    supports_dependencies: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,8 +199,11 @@ SPEC_TYPES: dict[str, type[PluginSpec]] = {
 # --------------------------------------------------------------------------- data bundles
 
 
-class TensorSplit(Dataset):
-    """A split held in memory: images ``(N, C, H, W)`` float32 in [0, 1], labels ``(N,)`` int64."""
+class TensorSplit:
+    """A split held in memory: images ``(N, C, H, W)`` float32 in [0, 1], labels ``(N,)`` int64.
+
+    A map-style dataset (``len`` and indexing), usable with ``torch.utils.data.DataLoader``.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if images.ndim != 4:
@@ -222,8 +232,8 @@ class DatasetBundle:
     num_classes: int
     image_size: int
     in_chans: int
-    train: Dataset
-    test: Dataset
+    train: Any  # a map-style dataset (torch Dataset, TensorSplit, ...)
+    test: Any
     class_names: Sequence[str] = ()
     domain: str = ""
     info: dict[str, Any] = field(default_factory=dict)
@@ -251,8 +261,10 @@ class Classifier:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def as_tensors(split: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+def as_tensors(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Materialise a split as ``(images, labels)`` tensors (small datasets stay resident)."""
+    import torch
+
     if isinstance(split, TensorSplit):
         return split.images, split.labels
     images, labels = [], []

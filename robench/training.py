@@ -4,6 +4,10 @@ One loop serves transfer learning (a head on a pretrained or fresh backbone, the
 fine-tuned, frozen or partly trained as the head says) and domain adaptation (labelled source
 batches plus unlabelled target batches, the adaptor adding its loss on their features).
 Progress for adaptor schedules is counted per optimiser step.
+
+A training defense (``robench.defenses.TrainingDefense``: adversarial training) replaces each
+labelled source batch by the images its inner maximisation returns and supplies the loss;
+target batches are never perturbed, and the adaptor's loss is added as without a defense.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robench.defenses import TrainingDefense
 from robench.models import RobenchModel
 from robench.placement import BatchSource
 
@@ -66,6 +71,33 @@ def _param_groups(model: RobenchModel, adaptor: nn.Module | None, lr: float) -> 
     return [g for g in groups if g["params"]]
 
 
+def _defended_step(
+    model: RobenchModel, defense: TrainingDefense, xs: torch.Tensor, ys: torch.Tensor,
+    progress: float, target_data: BatchSource | None, generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One training defense's step: ``(loss, logits trained on, their source features,
+    target features or None)``.  The target batch is drawn from ``generator`` exactly as
+    without a defense."""
+    b = len(ys)
+    x_adv = defense.inputs(model, xs, ys, progress).detach()
+    if x_adv.shape != xs.shape:
+        raise ValueError(f"the training defense returned images of shape "
+                         f"{tuple(x_adv.shape)} for a batch of {tuple(xs.shape)}")
+    parts = [xs, x_adv] if defense.needs_clean_logits else [x_adv]
+    if target_data is not None:
+        tidx = torch.randint(len(target_data), (b,), generator=generator)
+        (xt,) = target_data.take(tidx)
+        parts.append(xt)
+    feats = model.features(torch.cat(parts) if len(parts) > 1 else parts[0])
+    ft = feats[-b:] if target_data is not None else None
+    source = feats[: len(parts) * b - (b if target_data is not None else 0)]
+    all_logits = model.head(source).float()
+    logits = all_logits[-b:]
+    clean = all_logits[:b] if defense.needs_clean_logits else None
+    loss = defense.loss(logits, ys, clean)
+    return loss, logits, source[-b:], ft
+
+
 def train_model(
     model: RobenchModel,
     source: tuple[torch.Tensor, torch.Tensor],
@@ -75,6 +107,7 @@ def train_model(
     target_images: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     on_step: ProgressCallback | None = None,
+    defense: TrainingDefense | None = None,
 ) -> TrainReport:
     """Train ``model`` in place on ``source`` (images in [0, 1], labels).
 
@@ -82,6 +115,15 @@ def train_model(
     of ``target_images`` and adds ``adaptor.loss(source_feats, target_feats, progress)``.
     The adaptor may define ``lr_factor(progress)`` (e.g. DANN's annealing) applied to every
     group's base learning rate.
+
+    With a ``defense`` (adversarial training), each step trains on
+    ``defense.inputs(model, source_batch, labels, progress)`` with ``defense.loss(...)``
+    instead of the clean batch's cross-entropy (clean and adversarial images share one forward
+    when the defense needs the clean logits); the adaptor sees the features of the images the
+    loss trains on (the adversarial source batch) and of the target batch.  ``train_acc`` is
+    then the accuracy on those adversarial batches, and the defense's own ``metrics()``
+    (e.g. ``adv_train_acc``) join the report's metrics.  Without a defense every number is what
+    it was before defenses existed.
     """
     device = torch.device(device)
     data = BatchSource(source, device)  # resident on the device when it fits, else streamed
@@ -111,6 +153,9 @@ def train_model(
     batch = min(settings.batch_size, n)
     steps_per_epoch = max(1, n // batch)
     total = settings.epochs * steps_per_epoch
+    if defense is not None:
+        defense.begin(epochs=settings.epochs, steps_per_epoch=steps_per_epoch,
+                      seed=settings.seed)
     step = 0
     start = time.perf_counter()
     frozen_backbone = not any(p.requires_grad for p in model.backbone.parameters())
@@ -134,15 +179,19 @@ def train_model(
             idx = order[i * batch:(i + 1) * batch]
             xs, ys = data.take(idx)
             with autocast:
-                if target_data is not None:
+                if defense is not None:
+                    loss, logits, fs, ft = _defended_step(model, defense, xs, ys, progress,
+                                                          target_data, generator)
+                elif target_data is not None:
                     tidx = torch.randint(len(target_data), (len(idx),), generator=generator)
                     (xt,) = target_data.take(tidx)
                     feats = model.features(torch.cat([xs, xt]))
                     fs, ft = feats[: len(idx)], feats[len(idx):]
                 else:
                     fs, ft = model.features(xs), None
-                logits = model.head(fs).float()
-                loss = F.cross_entropy(logits, ys)
+                if defense is None:
+                    logits = model.head(fs).float()
+                    loss = F.cross_entropy(logits, ys)
                 if adaptor is not None and uses_target:
                     loss = loss + adaptor.loss(fs.float(), ft.float(), progress)
             optimizer.zero_grad(set_to_none=True)
@@ -159,6 +208,8 @@ def train_model(
     metrics: dict[str, Any] = {}
     if adaptor is not None and callable(getattr(adaptor, "metrics", None)):
         metrics = {k: float(v) for k, v in adaptor.metrics().items()}
+    if defense is not None and callable(getattr(defense, "metrics", None)):
+        metrics.update({k: float(v) for k, v in defense.metrics().items()})
     return TrainReport(
         seconds=time.perf_counter() - start,
         steps=step,

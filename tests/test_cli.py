@@ -156,7 +156,7 @@ def test_a_plugin_that_raises_fails_its_own_rows_only(tmp_path, monkeypatch):
 def test_warnings_are_one_line_like_errors(tmp_path):
     """The bf16-on-CPU warning (where this CPU lacks native bf16) reads as one line, without
     Python's file and source line; the unusable --out then exits 2."""
-    from robench.grid import cpu_has_native_bf16
+    from robench.validation import cpu_has_native_bf16
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")

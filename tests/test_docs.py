@@ -269,16 +269,7 @@ def test_every_toml_example_in_config_md_parses():
         build_config(tomllib.loads(block))
 
 
-@pytest.fixture
-def keep_grid_host(monkeypatch):
-    """Grid.validate() installs its host for the worker side; put the old one back after."""
-    from robench import grid
-
-    monkeypatch.setattr(grid, "_ACTIVE_HOST", grid._ACTIVE_HOST)
-
-
-def test_complete_example_parses_and_validates_against_builtin_plugins(tmp_path,
-                                                                       keep_grid_host):
+def test_complete_example_parses_and_validates_against_builtin_plugins(tmp_path):
     from robench.grid import Grid
 
     example = code_blocks(section(read("config.md"), "## A complete example"), "toml")[0]
@@ -361,8 +352,8 @@ def _bad_inputs(tmp_path) -> dict:
     }
 
 
-def test_bad_input_table_quotes_the_real_messages(tmp_path, monkeypatch, keep_grid_host):
-    from robench.grid import resolve_device
+def test_bad_input_table_quotes_the_real_messages(tmp_path, monkeypatch):
+    from robench.validation import resolve_device
 
     monkeypatch.chdir(tmp_path)
     table = section(read("config.md"), "## Bad input (exit code 2)")

@@ -1,4 +1,4 @@
-"""White-box, eps-bounded gradient attacks: FGSM, PGD (Linf, L2, SLIDE-L1) and APGD.
+"""White-box, eps-bounded gradient attacks: FGSM, PGD (Linf, L2, SLIDE-L1), APGD and APGD-T.
 
 All of them are batched and pure PyTorch in pixel space, and drop a sample from the working
 batch once one of its iterates is adversarial: that iterate is returned, and the sample
@@ -16,6 +16,7 @@ from torch import nn
 import robench
 from robench_attacks._core import (
     LOSSES,
+    LossFn,
     Rng,
     Tensor,
     choice,
@@ -232,6 +233,12 @@ class APGD(BoundedAttack):
 
     ``loss="ce"`` (``apgd-ce``) or ``"dlr"`` (``apgd-dlr``, needs >= 3 classes untargeted and
     >= 4 targeted).  Returns the first adversarial iterate, else the highest-loss one.
+
+    ``eot_iter`` (default 1) averages every gradient over that many forward/backward passes
+    (expectation over transformation, AutoAttack's "rand" version), for models with random
+    components; the loss and logits used are the averages over those passes too, so a point
+    counts as adversarial when the mean logits misclassify it.  Each pass is one gradient
+    evaluation, so a sample never fooled costs ``eot_iter * (steps + 1)``.
     """
 
     name = "apgd"
@@ -246,11 +253,12 @@ class APGD(BoundedAttack):
         norm: str = "linf",
         rho: float = 0.75,
         momentum: float = 0.75,
+        eot_iter: int = 1,
         seed: int | None = None,
     ) -> None:
         super().__init__()
         self.loss = choice(loss, LOSSES, name="loss", attack=self.name)
-        self.name = f"apgd-{self.loss}"
+        self.name = self._name()
         self.steps = positive_int(steps, name="steps", attack=self.name)
         self.restarts = positive_int(restarts, name="restarts", attack=self.name)
         self.norm = choice(norm, ("linf", "l2"), name="norm", attack=self.name)
@@ -258,6 +266,7 @@ class APGD(BoundedAttack):
         self.rho = positive_float(rho, name="rho", attack=self.name)
         self.momentum = positive_float(momentum, name="momentum", attack=self.name,
                                        allow_zero=True)
+        self.eot_iter = positive_int(eot_iter, name="eot_iter", attack=self.name)
         self.rng = Rng(seed)
         self.params = {
             "loss": self.loss,
@@ -266,8 +275,24 @@ class APGD(BoundedAttack):
             "norm": self.norm,
             "rho": self.rho,
             "momentum": self.momentum,
+            "eot_iter": self.eot_iter,
             "seed": seed,
         }
+
+    def _name(self) -> str:
+        return f"apgd-{self.loss}"
+
+    def _logits_and_grad(
+        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, loss_fn: LossFn
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``logits_and_grad``, averaged over ``eot_iter`` passes (exactly it for one)."""
+        logits, loss, grad = logits_and_grad(model, x, y, target, loss_fn)
+        if self.eot_iter == 1:
+            return logits, loss, grad
+        for _ in range(self.eot_iter - 1):
+            more = logits_and_grad(model, x, y, target, loss_fn)
+            logits, loss, grad = logits + more[0], loss + more[1], grad + more[2]
+        return logits / self.eot_iter, loss / self.eot_iter, grad / self.eot_iter
 
     def _perturb(
         self, model: nn.Module, x: Tensor, y: Tensor, radius: float, target: Tensor | None
@@ -289,16 +314,24 @@ class APGD(BoundedAttack):
         return grad.sign() if self.norm == "linf" else normalized(grad, "l2")
 
     def _run(
-        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, eps: float
+        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, eps: float,
+        loss_target: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
+        """One APGD run; returns the iterates and which samples were seen adversarial.
+
+        ``target`` decides success (the target class reached, or any misclassification when
+        ``None``); ``loss_target``, when given, is the class the loss aims at instead (APGD-T:
+        a targeted loss, untargeted success).
+        """
         loss_fn = loss_function(self.loss)
+        aim = target if loss_target is None else loss_target
         n_iter = self.steps
         window = max(int(0.22 * n_iter), 1)
         window_min = max(int(0.06 * n_iter), 1)
         window_decr = max(int(0.03 * n_iter), 1)
 
         x_adv = self._start(x, eps)
-        logits, loss, grad = logits_and_grad(model, x_adv, y, target, loss_fn)
+        logits, loss, grad = self._logits_and_grad(model, x_adv, y, aim, loss_fn)
         s = WorkingSet(x, {
             "x": x, "y": y, "x_adv": x_adv, "x_old": x_adv.clone(), "grad": grad,
             "x_best": x_adv.clone(), "grad_best": grad.clone(), "loss_best": loss.clone(),
@@ -309,6 +342,8 @@ class APGD(BoundedAttack):
         }, every=self.compaction(x))
         if target is not None:
             s["target"] = target
+        if loss_target is not None:
+            s["loss_target"] = loss_target
         s.settle(success(logits, y, target), x_adv)
         s.compact(0)
         counter = 0
@@ -323,7 +358,8 @@ class APGD(BoundedAttack):
             z = project(x_adv + step * self._direction(s["grad"]), x_c, eps, self.norm)
             z = project(x_adv + (z - x_adv) * a + grad2 * (1.0 - a), x_c, eps, self.norm)
             tgt = s.get("target")
-            logits, loss, grad = logits_and_grad(model, z, s["y"], tgt, loss_fn)
+            aim = tgt if loss_target is None else s["loss_target"]
+            logits, loss, grad = self._logits_and_grad(model, z, s["y"], aim, loss_fn)
             s["x_adv"], s["grad"] = z, grad
             improved = loss > s["loss_best"]
             s["x_best"] = torch.where(per_sample(improved), z, s["x_best"])
@@ -348,3 +384,62 @@ class APGD(BoundedAttack):
                 window = max(window - window_decr, window_min)
             s.compact(i + 1)
         return s.finish(s["x_best"])
+
+
+class APGDT(APGD):
+    """APGD-T: APGD on the targeted DLR loss, one run per target class (Croce & Hein 2020).
+
+    AutoAttack's second attack.  The targets are the ``n_target_classes`` (default 9) non-true
+    classes with the highest clean logits, tried in that order; each target's run (and each
+    further restart, ``restarts=1`` by default) attacks only the samples no earlier run has
+    fooled.  The loss is the targeted DLR ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``
+    (needs >= 4 classes), but success is ANY misclassification, so in robench's sense this
+    is an untargeted attack.  Step machinery, defaults (``steps=100``, ``norm="linf"`` or
+    ``"l2"``, ``rho=0.75``, momentum 0.75) and ``eot_iter`` are APGD's.  Cost: one plain
+    forward to rank the classes, then up to ``n_target_classes * restarts * (steps + 1)``
+    gradient evaluations for a sample never fooled, far fewer once samples fall.
+    """
+
+    name = "apgd-t"
+    targeted_ok = False
+
+    def __init__(
+        self,
+        *,
+        n_target_classes: int = 9,
+        steps: int = 100,
+        restarts: int = 1,
+        norm: str = "linf",
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        eot_iter: int = 1,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(loss="dlr", steps=steps, restarts=restarts, norm=norm, rho=rho,
+                         momentum=momentum, eot_iter=eot_iter, seed=seed)
+        self.n_target_classes = positive_int(n_target_classes, name="n_target_classes",
+                                             attack=self.name)
+        del self.params["loss"]  # always the targeted DLR loss: not a parameter here
+        self.params = {"n_target_classes": self.n_target_classes, **self.params}
+
+    def _name(self) -> str:
+        return "apgd-t"
+
+    def _perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, radius: float, target: Tensor | None
+    ) -> Tensor:
+        logits = predict(model, x)
+        k = min(self.n_target_classes, logits.shape[1] - 1)
+        # the non-true classes by decreasing clean logit: the k most promising targets
+        targets = logits.scatter(1, y[:, None], float("-inf")).topk(k, dim=1).indices
+        out = x.clone()
+        remaining = torch.arange(x.shape[0], device=x.device)
+        for j in range(k):
+            for _ in range(self.restarts):
+                if remaining.numel() == 0:
+                    return out
+                adv, fooled = self._run(model, x[remaining], y[remaining], None, radius,
+                                        loss_target=targets[remaining, j])
+                out[remaining] = adv
+                remaining = remaining[~fooled]
+        return out

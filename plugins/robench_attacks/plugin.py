@@ -1,10 +1,12 @@
 """robench's native attacks, registered through the ``robench`` entry-point group.
 
-Gradient attacks (``fgsm``, ``pgd``, ``pgd-l2``, ``pgd-l1``, ``apgd-ce``, ``apgd-dlr``),
-minimal-norm attacks (``deepfool``, ``cw-l2``), black-box ``square``, the ``noise``
-baseline, and common corruptions (``gaussian-noise``, ``gaussian-blur``, ``contrast``,
-``brightness``, ``jpeg``; eps = severity 1..5).  All are batched, pure PyTorch, pixel space
-[0, 1], and stop working on a sample once it is adversarial.  Each factory takes
+Gradient attacks (``fgsm``, ``pgd``, ``pgd-l2``, ``pgd-l1``, ``apgd-ce``, ``apgd-dlr``,
+``apgd-t``), minimal-norm attacks (``deepfool``, ``cw-l2``, ``fab``, ``fab-t``), black-box
+``square``, the ``noise`` baseline, and common corruptions (``gaussian-noise``,
+``gaussian-blur``, ``contrast``, ``brightness``, ``jpeg``; eps = severity 1..5).
+``apgd-ce``, ``apgd-t``, ``fab-t`` and ``square`` are AutoAttack's standard ensemble.  All
+are batched and pure PyTorch in pixel space [0, 1]; the bounded ones stop working on a
+sample once it is adversarial, the minimal ones keep shrinking it.  Each factory takes
 keyword-only parameters (see the classes' docstrings for what they mean and why the
 defaults are what they are); the built object exposes ``params``, ``threat`` and ``kind``.
 """
@@ -14,8 +16,10 @@ from __future__ import annotations
 import robench
 from robench_attacks.blackbox import Noise, Square
 from robench_attacks.corruptions import CORRUPTIONS
-from robench_attacks.gradient import APGD, FGSM, PGD, PGDL1, PGDL2
+from robench_attacks.fab import FAB, FABT
+from robench_attacks.gradient import APGD, APGDT, FGSM, PGD, PGDL1, PGDL2
 from robench_attacks.minimal import CarliniWagnerL2, DeepFool
+from robench_attacks.presets import DESCRIPTIONS, PRESETS, preset_factory
 
 
 def apgd_ce(
@@ -25,11 +29,12 @@ def apgd_ce(
     norm: str = "linf",
     rho: float = 0.75,
     momentum: float = 0.75,
+    eot_iter: int = 1,
     seed: int | None = None,
 ) -> APGD:
     """APGD on the cross-entropy loss (AutoAttack's first attack)."""
     return APGD(loss="ce", steps=steps, restarts=restarts, norm=norm, rho=rho,
-                momentum=momentum, seed=seed)
+                momentum=momentum, eot_iter=eot_iter, seed=seed)
 
 
 def apgd_dlr(
@@ -39,11 +44,12 @@ def apgd_dlr(
     norm: str = "linf",
     rho: float = 0.75,
     momentum: float = 0.75,
+    eot_iter: int = 1,
     seed: int | None = None,
 ) -> APGD:
     """APGD on the DLR loss, invariant to logit shift and scale (needs >= 3 classes)."""
     return APGD(loss="dlr", steps=steps, restarts=restarts, norm=norm, rho=rho,
-                momentum=momentum, seed=seed)
+                momentum=momentum, eot_iter=eot_iter, seed=seed)
 
 
 def _specs() -> list[robench.AttackSpec]:
@@ -73,6 +79,11 @@ def _specs() -> list[robench.AttackSpec]:
             description="Auto-PGD on the scale-invariant DLR loss; needs >= 3 classes.",
         ),
         robench.AttackSpec(
+            name="apgd-t", factory=APGDT, threat="linf", kind="bounded",
+            description="Auto-PGD on the targeted DLR loss (AutoAttack's APGD-T): 100 steps "
+                        "per target, top-9 classes; any misclassification counts. norm=l2 too.",
+        ),
+        robench.AttackSpec(
             name="deepfool", factory=DeepFool, threat="l2", kind="minimal",
             description="DeepFool L2 minimal adversarials: 50 steps, overshoot 0.02.",
         ),
@@ -80,6 +91,16 @@ def _specs() -> list[robench.AttackSpec]:
             name="cw-l2", factory=CarliniWagnerL2, threat="l2", kind="minimal", targeted=True,
             description="Carlini-Wagner L2 minimal adversarials: 6 binary-search rounds x 100 "
                         "Adam steps.",
+        ),
+        robench.AttackSpec(
+            name="fab", factory=FAB, threat="linf", kind="minimal",
+            description="FAB minimal adversarials (fast adaptive boundary): 100 steps "
+                        "projecting onto the linearised nearest boundary. norm=l2 too.",
+        ),
+        robench.AttackSpec(
+            name="fab-t", factory=FABT, threat="linf", kind="minimal",
+            description="Targeted FAB over the top-9 classes (AutoAttack's FAB-T), smallest "
+                        "adversarial over all targets; 100 steps each. norm=l2 too.",
         ),
         robench.AttackSpec(
             name="square", factory=Square, threat="linf", kind="bounded", black_box=True,
@@ -95,6 +116,14 @@ def _specs() -> list[robench.AttackSpec]:
         specs.append(robench.AttackSpec(
             name=corruption.name, factory=corruption, threat="corruption", kind="bounded",
             description=f"Common corruption, eps = severity 1..5. {corruption.summary}",
+        ))
+    factories = {spec.name: spec.factory for spec in specs}
+    for preset, members in PRESETS.items():
+        specs.append(robench.AttackSpec(
+            name=preset, factory=preset_factory(preset, factories), threat="linf",
+            kind="bounded", members=tuple((m, dict(p)) for m, p in members),
+            description=f"{DESCRIPTIONS[preset]} = "
+                        + " -> ".join(m for m, _ in members),
         ))
     return specs
 

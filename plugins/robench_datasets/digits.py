@@ -21,6 +21,7 @@ import torch
 
 import robench
 
+from .blend import PHOTOS, blend_with_photos
 from .common import (
     check_channels,
     check_fraction,
@@ -33,12 +34,6 @@ from .common import (
 
 NUM_CLASSES = 10
 CLASS_NAMES = tuple(str(d) for d in range(NUM_CLASSES))
-# Colour photographs inside scikit-image's wheel that load without pooch or a network.
-# hubble_deep_field and retina are left out: mostly black, they would barely change a digit.
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")
-# Crops are taken from the photo at these scales too, so a patch shows anything from fine
-# texture (full resolution) to whole objects and colour edges (downscaled).
-PHOTO_SCALES = (1.0, 0.5, 0.25)
 
 
 @functools.lru_cache(maxsize=8)
@@ -51,56 +46,12 @@ def _digit_pixels(image_size: int) -> tuple[torch.Tensor, np.ndarray]:
     return resize(images, image_size), raw.target.astype(np.int64)
 
 
-@functools.lru_cache(maxsize=1)
-def _photos() -> tuple[torch.Tensor, ...]:
-    """The source photographs as ``(3, H, W)`` float in [0, 1], full size."""
-    import skimage.data
-
-    return tuple(
-        torch.from_numpy(getattr(skimage.data, name)()[..., :3].astype(np.float32) / 255.0)
-        .permute(2, 0, 1).contiguous()
-        for name in PHOTOS
-    )
-
-
-@functools.lru_cache(maxsize=4)
-def _photo_pyramid(image_size: int) -> tuple[torch.Tensor, ...]:
-    """Every photo at every scale whose shorter side still fits a patch of ``image_size``."""
-    levels = []
-    for photo in _photos():
-        height, width = photo.shape[-2:]
-        for scale in PHOTO_SCALES:
-            size = (round(height * scale), round(width * scale))
-            if min(size) < image_size:
-                continue
-            level = photo if scale == 1.0 else torch.nn.functional.interpolate(
-                photo[None], size=size, mode="bilinear", align_corners=False, antialias=True
-            )[0].clamp_(0.0, 1.0)
-            levels.append(level)
-    return tuple(levels)
-
-
 @functools.lru_cache(maxsize=8)
 def _blended_pixels(image_size: int, seed: int) -> torch.Tensor:
-    """MNIST-M: ``|digit - patch|`` per channel, one seeded random photo crop per digit.
-
-    Every draw (photo, scale, position) comes from one generator seeded by ``seed`` and is
-    made for all 1,797 digits in their fixed order, so a digit gets the same patch whatever
-    split it lands in, and two calls give identical tensors.
-    """
+    """All 1,797 digits blended MNIST-M style (:func:`blend.blend_with_photos`), in their
+    fixed order, so a digit gets the same patch whatever split it lands in."""
     digits, _ = _digit_pixels(image_size)
-    levels = _photo_pyramid(image_size)
-    rng = np.random.default_rng(seed)
-    choice = rng.integers(len(levels), size=len(digits))
-    corner = rng.random((len(digits), 2))
-    out = torch.empty((len(digits), 3, image_size, image_size), dtype=torch.float32)
-    for i, level_index in enumerate(choice):
-        level = levels[level_index]
-        top = int(corner[i, 0] * (level.shape[1] - image_size + 1))
-        left = int(corner[i, 1] * (level.shape[2] - image_size + 1))
-        patch = level[:, top:top + image_size, left:left + image_size]
-        out[i] = (digits[i] - patch).abs()
-    return out
+    return blend_with_photos(digits, seed=seed)
 
 
 def _bundle(

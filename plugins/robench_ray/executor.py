@@ -34,7 +34,7 @@ from typing import Any
 import robench
 from robench import Job, JobOutcome
 from robench.io import atomic_write_bytes
-from robench.jobs import Dependencies
+from robench.jobs import DEFAULT_THREADS_PER_TASK, Dependencies, pin_threads
 
 #: the oldest Ray this executor is tested against (pyproject's ``ray`` extra)
 MIN_RAY_VERSION = "2.9"
@@ -46,15 +46,14 @@ FORWARDED_ENV: tuple[str, ...] = ("ROBENCH_PLUGINS", "ROBENCH_DISABLE_PLUGINS")
 
 
 def run_job(job: Job, *, threads: int) -> JobOutcome:
-    """Run one job in a Ray worker with ``threads`` torch threads.
+    """Run one job in a Ray worker with ``threads`` torch threads, pinned before it starts
+    (a Ray worker process serves many tasks; each pins its own count).
 
     A worker process imports robench afresh and builds its plugin host from the installed
     entry points.  ``Job.execute`` turns an exception into a failed outcome; what it cannot
     catch (the process dying) the driver side turns into one.
     """
-    import torch
-
-    torch.set_num_threads(threads)
+    pin_threads(threads)
     return job.execute()
 
 
@@ -167,8 +166,13 @@ class RayExecutor:
         Size of a local instance (default: every CPU of this machine, the GPUs Ray
         detects).  A cluster has its own size, so these are refused together with an address.
     ``cpus_per_task``
-        CPUs each task reserves, fractions allowed; a task runs torch with that many threads
-        (at least one).
+        CPUs each task reserves, fractions allowed.  Ray only counts them: the torch
+        threads a task runs with are ``threads_per_task``.
+    ``threads_per_task``
+        Torch intra-op threads of each task, pinned in the worker before the job runs
+        (default 1, as the ``local`` executor: the thread count changes a training's sums,
+        so the same setting gives the same numbers on every executor).  Keep it at most
+        ``cpus_per_task``, or tasks compete for their CPUs.
     ``gpus_per_task``
         GPUs a job that needs a GPU reserves (the driver marks every job so when the run's
         device is CUDA); fractions share one GPU between tasks.  Default 1.  Jobs of a CPU
@@ -208,6 +212,7 @@ class RayExecutor:
         log_to_driver: bool = False,
         max_in_flight: int | None = None,
         shared_run_dir: bool = True,
+        threads_per_task: int = DEFAULT_THREADS_PER_TASK,
         ray_version: str = "",
     ) -> None:
         if address is not None and (not isinstance(address, str) or not address.strip()):
@@ -222,6 +227,8 @@ class RayExecutor:
         _check_number(gpus_per_task, "gpus_per_task", minimum=0, integer=False, optional=True)
         _check_number(max_retries, "max_retries", minimum=-1, integer=True, optional=False)
         _check_number(max_in_flight, "max_in_flight", minimum=1, integer=True, optional=True)
+        _check_number(threads_per_task, "threads_per_task", minimum=1, integer=True,
+                      optional=False)
         if gpus_per_task is not None and gpus_per_task > 1 and gpus_per_task % 1:
             raise robench.UsageError(
                 f"[executor.ray] gpus_per_task must be a fraction up to 1 or a whole number "
@@ -255,6 +262,7 @@ class RayExecutor:
         self.max_retries = max_retries
         self.max_in_flight = max_in_flight
         self.shared_run_dir = shared_run_dir
+        self.threads_per_task = threads_per_task
         self._shipping: Any = None
         self.log_to_driver = log_to_driver
         #: whether this executor started a local Ray instance (rather than joining one)
@@ -493,7 +501,7 @@ class RayExecutor:
         if self._remote is None:
             self._remote = ray.remote(run_job)
             self._shipping = ray.remote(run_job_shipping)
-        threads = max(1, int(self.cpus_per_task))
+        threads = self.threads_per_task
         waiting = Dependencies(jobs)
         pending: dict[Any, Job] = {}
         inputs: dict[tuple[str, ...], Any] = {}

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from robench_reports.figures import diverging_rgb
+
 _TEXT_KEYS = ("model", "domain", "dataset", "attack", "threat")
 _IMAGE_KEYS = ("images_clean", "images_adv")
 _INT_KEYS = ("labels", "pred_clean", "pred_adv")
@@ -114,15 +116,45 @@ def load_examples(examples_dir: Path | None) -> tuple[list[ExampleSet], list[str
     return sets, problems
 
 
-def perturbation_image(clean: np.ndarray, adv: np.ndarray) -> tuple[np.ndarray, float]:
-    """The perturbation made visible: mid-gray is zero, amplified so the largest change in
-    the batch spans half the range; returns the images and the amplification factor.
+#: threat models whose eps bounds every pixel's change, so the colour scale can be +-eps
+PIXEL_BOUNDED = ("linf",)
 
-    Adversarial perturbations are a few grey levels, invisible at scale 1; one factor per
-    batch (not per image) keeps the images comparable with each other.
+
+@dataclass(frozen=True)
+class PerturbationView:
+    """Signed perturbations as diverging-colour images and what the colour scale means.
+
+    ``images`` are uint8 RGB ``(k, H, W, 3)``: white = unchanged, red = brighter, blue =
+    darker, full colour at +-``scale`` (a fraction of the pixel range).  ``scale_label``
+    says what that is, e.g. ``8/255 (eps)`` or ``0.094 (largest change)``.
     """
-    delta = adv.astype(np.int16) - clean.astype(np.int16)
-    largest = int(np.abs(delta).max()) if delta.size else 0
-    factor = 127.5 / largest if largest else 1.0
-    shown = np.clip(np.rint(127.5 + delta * factor), 0, 255).astype(np.uint8)
-    return shown, factor
+
+    images: np.ndarray
+    scale: float
+    scale_label: str
+
+
+def perturbation_image(clean: np.ndarray, adv: np.ndarray, *, eps: float, threat: str,
+                       eps_label: str = "") -> PerturbationView:
+    """The signed perturbation ``adv - clean`` on a diverging colour map, scaled to eps.
+
+    For an Linf attack every pixel may change by at most eps, so +-eps is the full colour:
+    a reader sees both where the attack changed the image and how much of its budget it
+    used there.  Other threats (an L2 or L0 budget is not a per-pixel bound) are scaled to
+    the largest change in the batch, and the label says so.  Colour images show, per
+    pixel, the channel that changed most, with its sign.
+    """
+    delta = (adv.astype(np.float64) - clean.astype(np.float64)) / 255.0
+    if delta.ndim == 4 and delta.shape[-1] > 1:
+        channel = np.abs(delta[..., :3]).argmax(axis=-1)[..., None]
+        delta = np.take_along_axis(delta[..., :3], channel, axis=-1)
+    delta = delta[..., 0] if delta.ndim == 4 else delta
+    largest = float(np.abs(delta).max()) if delta.size else 0.0
+    if threat in PIXEL_BOUNDED and np.isfinite(eps) and eps > 0:
+        scale = float(eps)
+        label = f"{eps_label or f'{eps:g}'} (eps)"
+    else:
+        scale = largest if largest > 0 else 1.0 / 255.0
+        label = f"{scale:.3g} (largest change)"
+    return PerturbationView(images=diverging_rgb(delta / scale), scale=scale,
+                            scale_label=label)

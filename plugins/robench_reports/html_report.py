@@ -3,26 +3,30 @@
 The page must open from disk in any browser, offline, years later, and be safe to open when
 the results came from someone else.  So: CSS and JS are inlined, every picture is a PNG data
 URI, a Content-Security-Policy allows no network access at all and only the page's own
-script (by hash), and every string that did not come from this module goes through
-:func:`html.escape`.  The CSP is a second line of defence: if an escaping bug ever slipped
-through, an injected ``<script>`` would still not run.
+script (by hash), and the page is rendered from a Jinja2 template
+(``templates/leaderboard.html.j2``) with autoescaping on: every string reaches the HTML
+through the template and is escaped there; only the package's own CSS and JS are marked
+safe.  The CSP is a second line of defence: if an escaping bug ever slipped through, an
+injected ``<script>`` would still not run.
+
+This module turns the leaderboard into plain view data (strings and numbers); the template
+only lays it out.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import html
-import json
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
 from robench.errors import UsageError
 from robench.io import atomic_write_text
@@ -42,28 +46,32 @@ from robench.leaderboard import (
 from robench_reports.examples import ExampleSet, load_examples, perturbation_image
 from robench_reports.figures import (
     curves_figure,
+    diverging_css_gradient,
     domain_bars_figure,
     heatmap_figure,
     image_uri,
 )
-from robench_reports.formatting import (
-    check_stem,
-    number,
-    pct,
-    plain,
-    provenance_lines,
-    signed_pp,
-)
+from robench_reports.formatting import check_stem, is_missing, number, pct, plain, signed_pp
 from robench_reports.text import run_title
 
-
-def esc(value: Any) -> str:
-    """Escape text for HTML element content and double-quoted attributes alike."""
-    return html.escape("" if value is None else str(value), quote=True)
+TEMPLATE = "leaderboard.html.j2"
 
 
 def _asset(name: str) -> str:
     return resources.files("robench_reports").joinpath(name).read_text(encoding="utf-8")
+
+
+def _environment() -> jinja2.Environment:
+    """Templates from the package, autoescaped (whatever their name), strict about typos."""
+    return jinja2.Environment(
+        loader=jinja2.FunctionLoader(
+            lambda name: _asset(f"templates/{name}")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
 def _csp(script: str) -> str:
@@ -80,153 +88,204 @@ def _finite(value: Any) -> bool:
         return False
 
 
+def _sort_number(value: Any) -> str:
+    return repr(float(value)) if _finite(value) else ""
+
+
 # --------------------------------------------------------------------------- the table
 
 
-@dataclass(frozen=True)
-class Column:
-    """One column of the sortable table: how to show a row's value and how to sort it."""
-
-    header: str
-    show: Callable[[Mapping[str, Any]], str]  # returns HTML (already escaped)
-    sort: Callable[[Mapping[str, Any]], Any]
-    numeric: bool = True
-    css: str = "num"
-    title: str = ""
+def _cell(text: str, sort: Any = "", *, css: str = "num", sub: str = "",
+          badges: Sequence[tuple[str, str, str]] = (), title: str = "") -> dict[str, Any]:
+    """One table cell as view data; ``badges`` are ``(text, css class, explanation)``."""
+    return {"text": text, "sort": sort, "css": css, "sub": sub, "title": title,
+            "badges": [{"text": t, "css": c, "title": e} for t, c, e in badges]}
 
 
-def _text_column(key: str, header: str | None = None, *, css: str = "") -> Column:
-    return Column(header=header or key, show=lambda r: esc(r[key]), sort=lambda r: r[key],
-                  numeric=False, css=css)
+def _pct_cell(value: Any) -> dict[str, Any]:
+    return _cell(pct(value), _sort_number(value))
 
 
-def _pct_column(key: str, header: str | None = None, title: str = "") -> Column:
-    return Column(header=header or key, show=lambda r: esc(pct(r[key])), sort=lambda r: r[key],
-                  title=title)
+def _pp_cell(value: Any) -> dict[str, Any]:
+    css = "num"
+    if _finite(value) and abs(float(value)) >= 0.0005:
+        css += " neg" if float(value) < 0 else " pos"
+    return _cell(signed_pp(value), _sort_number(value), css=css)
 
 
-def _ci_column(key: str, low: str, high: str, header: str, title: str) -> Column:
-    def show(row: Mapping[str, Any]) -> str:
-        if not _finite(row[key]):
-            return "–"
-        ci = ""
-        if _finite(row[low]) and _finite(row[high]):
-            ci = f' <span class="ci">[{esc(pct(row[low]))}, {esc(pct(row[high]))}]</span>'
-        return esc(pct(row[key])) + ci
-
-    return Column(header=header, show=show, sort=lambda r: r[key], title=title)
+def _ci_text(row: Mapping[str, Any], low: str, high: str) -> str:
+    if _finite(row[low]) and _finite(row[high]):
+        return f"[{pct(row[low])}, {pct(row[high])}]"
+    return ""
 
 
-def _pp_column(key: str, header: str, title: str) -> Column:
-    return Column(header=header, show=lambda r: esc(signed_pp(r[key])), sort=lambda r: r[key],
-                  title=title)
+def _model_details(row: Mapping[str, Any]) -> str:
+    """The hover text of a model cell: what the table leaves out (all of it is in the CSV)."""
+    parts = []
+    for key, label in (("backbone", "backbone"), ("head", "head"), ("adaptor", "adaptor"),
+                       ("defense", "defense"), ("precision", "precision"),
+                       ("dataset", "test set"), ("params", "parameters"),
+                       ("train_seconds", "training s"), ("attack_seconds", "attack s"),
+                       ("grad_evals", "gradient evaluations"), ("queries", "queries"),
+                       ("run", "run"), ("seed", "seed"), ("device", "device"),
+                       ("source_file", "source file")):
+        if key not in row or is_missing(row[key]):
+            continue
+        value = row[key]
+        text = number(value) if isinstance(value, (int, float, np.number)) else str(value)
+        parts.append(f"{label}: {text}")
+    return "\n".join(parts)
 
 
-def _count_column(key: str, header: str | None = None) -> Column:
-    return Column(header=header or key, show=lambda r: esc(number(r[key])),
-                  sort=lambda r: r[key])
+_HEADLINE_MARKS = {
+    "incomplete": ("incomplete", "bad",
+                   "an attack of the threat model failed, so fewer attacks were combined: "
+                   "an optimistic value (see flags)"),
+    "invalid": ("invalid", "bad",
+                "an adversarial example failed verification: an upper bound at best"),
+    "failed": ("failed", "bad", "the rows behind the headline failed"),
+}
 
 
-def _table_columns(board: pd.DataFrame, headline: Headline) -> list[Column]:
+def _columns(board: pd.DataFrame, headline: Headline, multi_run: bool
+             ) -> list[dict[str, str]]:
+    def column(key: str, header: str, title: str, kind: str = "num", css: str = "num"
+               ) -> dict[str, str]:
+        return {"key": key, "header": header, "title": title, "type": kind, "css": css}
+
+    robust = [c for c in board.columns if c.startswith("robust[") and c != headline.column]
+    aucs = [c for c in board.columns if c.startswith("auc[")]
+    head_title = (f"headline: {headline.describe()}, with its 95% Wilson interval; the "
+                  "ranking uses it (models above the clean-accuracy floor only)")
     columns = [
-        _count_column("rank"),
-        _text_column("model", css="name"),
-        _text_column("backbone"), _text_column("head"), _text_column("adaptor"),
-        _text_column("dataset"), _text_column("domain"),
-        _count_column("n"),
-        _ci_column("clean_acc", "clean_ci_low", "clean_ci_high", "clean %",
-                   "clean accuracy with its 95% Wilson interval"),
-        _ci_column("headline_acc", "headline_ci_low", "headline_ci_high",
-                   f"robust % @ {headline.threat} {headline.eps_label}",
-                   f"headline: {headline.describe()}, with its 95% Wilson interval"),
+        column("rank", "rank", "rank within this test set; near-chance models come last"),
+        column("model", "model", "model name; hover for backbone, head, adaptor and costs",
+               "text", "name"),
+        column("n", "n", "test samples evaluated"),
+        column("clean_acc", "clean %", "clean accuracy with its 95% Wilson interval"),
+        column("headline_acc",
+               "robust %" if headline.threat == "none"
+               else f"robust % {headline.threat} {headline.eps_label}",
+               head_title, css="num headline"),
+        column("gap_clean", "domain gap clean pp",
+               "source minus target clean accuracy of the same model (percentage points)"),
+        column("gap_robust", "domain gap robust pp",
+               "source minus target headline accuracy of the same model"),
+        column("adapt_gain_clean", "adapt. gain clean pp",
+               "this model minus the same backbone+head without an adaptor, clean accuracy"),
+        column("adapt_gain_robust", "adapt. gain robust pp",
+               "this model minus the same backbone+head without an adaptor, headline"),
     ]
-    for column in board.columns:
-        if column.startswith("robust["):
-            columns.append(_pct_column(column, column + " %",
-                                       "worst-case robust accuracy at this threat and eps"))
-    for column in board.columns:
-        if column.startswith("auc["):
-            columns.append(_pct_column(column, column + " %",
-                                       "area under the robust-accuracy-vs-eps curve, "
-                                       "normalised to [0, 100]"))
-    columns += [
-        _pp_column("gap_clean", "gap clean (pp)", "source minus target clean accuracy"),
-        _pp_column("gap_robust", "gap robust (pp)", "source minus target headline accuracy"),
-        _pp_column("adapt_gain_clean", "adapt gain clean (pp)",
-                   "this model minus the same backbone+head without an adaptor"),
-        _pp_column("adapt_gain_robust", "adapt gain robust (pp)",
-                   "headline of this model minus the same backbone+head without an adaptor"),
-        Column(header="flags", show=lambda r: esc(str(r["flags"]).replace(";", "; ")),
-               sort=lambda r: r["flags"], numeric=False, css="flags"),
-        Column(header="status", show=lambda r: esc(r["status"]), sort=lambda r: r["status"],
-               numeric=False, css=""),
-        _count_column("params"),
-        _count_column("train_seconds", "train s"),
-        _count_column("attack_seconds", "attack s"),
-        _count_column("grad_evals", "grad evals"),
-        _text_column("run", css="name"),
-    ]
-    if "source_file" in board.columns:
-        columns.append(_text_column("source_file", "source file", css="name"))
+    for key in robust:
+        threat_eps = key[len("robust["):-1].replace("@", " ")
+        columns.append(column(key, f"robust % {threat_eps}",
+                              "robust accuracy at this threat and eps (worst case over "
+                              "attacks where available)"))
+    for key in aucs:
+        columns.append(column(key, f"AUC % {key[len('auc['):-1]}",
+                              "area under the robust-accuracy-vs-eps curve from eps 0 to the "
+                              "grid's largest eps, normalised to [0, 100]"))
+    columns.append(column("flags", "flags", "sanity flags (docs/protocol.md)", "text",
+                          "flags"))
+    columns.append(column("status", "status", "row statuses", "text", "status"))
+    if multi_run:
+        columns.append(column("run", "run", "the run (submission) the row comes from",
+                              "text", "name"))
     return columns
 
 
-def _sort_attr(value: Any, numeric: bool) -> str:
-    if numeric:
-        return esc(repr(float(value))) if _finite(value) else ""
-    return esc(value)
+def _row_cells(row: Mapping[str, Any], columns: list[dict[str, str]]) -> list[dict[str, Any]]:
+    cells = []
+    for col in columns:
+        key = col["key"]
+        if key == "rank":
+            cells.append(_cell(str(row["rank"]), row["rank"]))
+        elif key == "model":
+            badges = []
+            if row.get("near_chance"):
+                badges.append(("near chance", "warn",
+                               "clean accuracy at most 1.5x chance: ranked after every model "
+                               "above the floor; its robust accuracy means nothing"))
+            cells.append(_cell(str(row["model"]), str(row["model"]), css="name",
+                               badges=badges, title=_model_details(row)))
+        elif key == "n":
+            cells.append(_cell(number(row["n"]), _sort_number(row["n"])))
+        elif key == "clean_acc":
+            cells.append(_cell(pct(row["clean_acc"]), _sort_number(row["clean_acc"]),
+                               sub=_ci_text(row, "clean_ci_low", "clean_ci_high")))
+        elif key == "headline_acc":
+            mark = _HEADLINE_MARKS.get(str(row.get("headline_status", "")))
+            badges = [mark] if mark else []
+            if row.get("headline_source") == "min-over-attacks" and _finite(row[key]):
+                badges.append(("min over attacks", "note",
+                               "no worst-case rows: the lowest robust accuracy of any "
+                               "attack, an optimistic bound"))
+            cells.append(_cell(pct(row[key]), _sort_number(row[key]), css="num headline",
+                               sub=_ci_text(row, "headline_ci_low", "headline_ci_high"),
+                               badges=badges))
+        elif key.startswith(("gap_", "adapt_gain_")):
+            cells.append(_pp_cell(row[key]))
+        elif key == "flags":
+            flags = str(row["flags"] or "")
+            cells.append(_cell(flags.replace(";", "; "), flags, css="flags"))
+        elif key == "status":
+            status = str(row["status"])
+            cells.append(_cell(status, status,
+                               css="status" if status == "ok" else "status status-bad"))
+        elif key == "run":
+            cells.append(_cell(str(row["run"]), str(row["run"]), css="name"))
+        else:
+            cells.append(_pct_cell(row[key]))
+    return cells
 
 
-def _table(board: pd.DataFrame, headline: Headline) -> str:
-    columns = _table_columns(board, headline)
-    head = "".join(
-        f'<th scope="col" tabindex="0" data-type="{"num" if c.numeric else "text"}"'
-        f' class="{esc(c.css if c.numeric else "")}" title="{esc(c.title)}">{esc(c.header)}</th>'
-        for c in columns
-    )
-    body = []
-    for row in board.to_dict("records"):
-        cells = []
-        for c in columns:
-            css = c.css
-            if c.header == "status" and row["status"] != "ok":
-                css = "status-bad"
-            cells.append(f'<td class="{esc(css)}" data-v="{_sort_attr(c.sort(row), c.numeric)}">'
-                         f"{c.show(row)}</td>")
-        body.append(f'<tr data-model="{esc(row["model"])}" data-domain="{esc(row["domain"])}">'
-                    + "".join(cells) + "</tr>")
-    return (f'<div class="table-wrap"><table id="board" class="board"><thead><tr>{head}</tr>'
-            f'</thead><tbody>{"".join(body)}</tbody></table></div>')
+def _table_view(board: pd.DataFrame, headline: Headline) -> dict[str, Any]:
+    multi_run = board["run"].nunique() > 1
+    columns = _columns(board, headline, multi_run)
+    blocks: list[dict[str, Any]] = []
+    for (dataset, domain), group in board.groupby(["dataset", "domain"], sort=False):
+        rows = group.to_dict("records")
+        floor = sum(bool(r.get("near_chance")) for r in rows)
+        label = (f"{str(domain).capitalize()} domain · test set {dataset} · "
+                 f"{len(rows)} model{'s' if len(rows) != 1 else ''}")
+        if floor:
+            label += f" ({floor} near chance, ranked last)"
+        blocks.append({
+            "domain": str(domain), "dataset": str(dataset), "label": label,
+            "rows": [{"model": str(r["model"]), "domain": str(r["domain"]),
+                      "near_chance": bool(r.get("near_chance")),
+                      "cells": _row_cells(r, columns)} for r in rows],
+        })
+    return {"columns": columns, "blocks": blocks, "rows": len(board)}
 
 
 # --------------------------------------------------------------------------- figures
 
 
-def _row_label(key: tuple[Any, ...], multi_run: bool) -> str:
-    run, model, _, domain = key
-    return f"{model} · {domain}" + (f" · {run}" if multi_run else "")
-
-
-def _figure(uri: str | None, alt: str, caption: str) -> str:
-    if uri is None:
-        return ""
-    return (f'<figure><img class="plot" src="{uri}" alt="{esc(alt)}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>")
+def _model_label(key: tuple[Any, ...], multi_run: bool) -> str:
+    run, model, _, _ = key
+    return str(model) + (f" · {run}" if multi_run else "")
 
 
 def _figures(results: pd.DataFrame, board: pd.DataFrame, headline: Headline,
-             *, dpi: int) -> dict[str, str]:
+             *, dpi: int) -> list[dict[str, str]]:
     keys = [tuple(k) for k in board[GROUP_KEYS].itertuples(index=False, name=None)]
     multi_run = board["run"].nunique() > 1
-    labels = {k: _row_label(k, multi_run) for k in keys}
-    out: dict[str, str] = {}
+    near = {k for k, flag in zip(keys, board["near_chance"], strict=True) if flag}
+    out: list[dict[str, str]] = []
 
     curves = robust_curves(results)
-    out["curves"] = _figure(
-        curves_figure(curves, board[[*GROUP_KEYS, "clean_acc"]], labels, dpi=dpi),
-        "robust accuracy versus eps, one panel per threat model",
-        "Robust accuracy (worst case over attacks where available) against the budget eps; "
-        "eps 0 is the clean accuracy. Solid: source domain, dashed: target domain.")
+    uri = curves_figure(curves, board[[*GROUP_KEYS, "clean_acc"]],
+                        {k: _model_label(k, multi_run) for k in keys}, dpi=dpi,
+                        near_chance=near)
+    if uri:
+        out.append({
+            "id": "curves", "heading": "Robust accuracy vs eps", "uri": uri,
+            "alt": "robust accuracy versus eps, one panel per threat model and test domain",
+            "caption": "Robust accuracy (worst case over attacks where available) against "
+                       "the budget eps, one panel per threat model and test domain, one "
+                       "colour per model; eps 0 is the clean accuracy. Dotted: near-chance "
+                       "models."})
 
     matrix = attack_matrix(results)
     if not matrix.empty:
@@ -243,11 +302,14 @@ def _figures(results: pd.DataFrame, board: pd.DataFrame, headline: Headline,
             matrix[[*GROUP_KEYS, "attack", "threat"]].itertuples(index=False, name=None),
             matrix["robust_acc"], strict=True)}
         grid = pd.DataFrame([[values.get((k, c), np.nan) for c in column_keys] for k in keys])
-        out["heatmap"] = _figure(
-            heatmap_figure(grid, [labels[k] for k in keys], column_labels, dpi=dpi),
-            "heatmap of robust accuracy per model and attack",
-            "Robust accuracy (%) per model and attack, each at its threat model's main eps "
-            f"(the headline eps for {headline.threat}).")
+        row_labels = [f"{_model_label(k, multi_run)} · {k[3]}" for k in keys]
+        uri = heatmap_figure(grid, row_labels, column_labels, dpi=dpi)
+        if uri:
+            out.append({
+                "id": "heatmap", "heading": "Models × attacks", "uri": uri,
+                "alt": "heatmap of robust accuracy per model and attack",
+                "caption": "Robust accuracy (%) per model and attack, each at its threat "
+                           f"model's main eps (the headline eps for {headline.threat})."})
 
     pairs = []
     for (run, model), group in board.groupby(["run", "model"], sort=False):
@@ -261,115 +323,121 @@ def _figures(results: pd.DataFrame, board: pd.DataFrame, headline: Headline,
                       "source_robust": s["headline_acc"], "target_robust": t["headline_acc"]})
     if pairs:
         short = f"robust @ {headline.threat} {headline.eps_label}"
-        out["domains"] = _figure(
-            domain_bars_figure(pd.DataFrame(pairs), headline=short, dpi=dpi),
-            "source versus target accuracy per model",
-            "Clean and headline robust accuracy on the source and the target domain, "
-            "per model: the domain gap, and what adaptation recovers.")
+        uri = domain_bars_figure(pd.DataFrame(pairs), headline=short, dpi=dpi)
+        if uri:
+            out.append({
+                "id": "domains", "heading": "Source vs target", "uri": uri,
+                "alt": "source versus target accuracy per model",
+                "caption": "Clean and headline robust accuracy on the source and the target "
+                           "domain, per model: the domain gap, and what adaptation recovers. "
+                           "Every bar is labelled; a 0% bar is a short stub at the axis."})
     return out
 
 
 # --------------------------------------------------------------------------- examples
 
 
-def _pixel_img(image: np.ndarray, alt: str) -> str:
+def _picture(image: np.ndarray, alt: str) -> dict[str, Any]:
     height, width = image.shape[:2]
     scale = max(1, math.ceil(64 / max(width, 1))) if width < 64 else 1
-    return (f'<img class="px" src="{image_uri(image)}" width="{width * scale}" '
-            f'height="{height * scale}" alt="{esc(alt)}">')
+    return {"uri": image_uri(image), "width": width * scale, "height": height * scale,
+            "alt": alt}
 
 
 def _eps_text(example: ExampleSet, labels: Mapping[tuple[str, float], str]) -> str:
     return labels.get((example.threat, eps_key(example.eps)), format_eps(example.eps))
 
 
-def _strip(example: ExampleSet, labels: Mapping[tuple[str, float], str], limit: int) -> str:
+def _strip(example: ExampleSet, labels: Mapping[tuple[str, float], str],
+           limit: int) -> dict[str, Any]:
     k = min(limit, example.images_clean.shape[0])
     clean, adv = example.images_clean[:k], example.images_adv[:k]
-    delta, factor = perturbation_image(clean, adv)
-    rows = {"clean": [], "adversarial": [], f"perturbation ×{factor:.0f}": []}
+    eps_text = _eps_text(example, labels)
+    view = perturbation_image(clean, adv, eps=example.eps, threat=example.threat,
+                              eps_label=eps_text)
+    clean_cells, adv_cells, delta_cells = [], [], []
     for i in range(k):
         truth = example.class_name(example.labels[i])
         p_clean = example.class_name(example.pred_clean[i])
         p_adv = example.class_name(example.pred_adv[i])
-        ok_clean = example.pred_clean[i] == example.labels[i]
-        ok_adv = example.pred_adv[i] == example.labels[i]
-        rows["clean"].append(
-            _pixel_img(clean[i], f"clean image of {truth}")
-            + f'<div class="lbl {"ok" if ok_clean else "bad"}">{esc(p_clean)}'
-            f'<br><span class="muted">true {esc(truth)}</span></div>')
-        rows["adversarial"].append(
-            _pixel_img(adv[i], f"adversarial image, predicted {p_adv}")
-            + f'<div class="lbl {"ok" if ok_adv else "bad"}">{esc(p_adv)}</div>')
-        rows[f"perturbation ×{factor:.0f}"].append(
-            _pixel_img(delta[i], "amplified perturbation"))
-    body = "".join(f"<tr><th>{esc(name)}</th>" + "".join(f"<td>{c}</td>" for c in cells)
-                   + "</tr>" for name, cells in rows.items())
+        clean_cells.append({**_picture(clean[i], f"clean image of {truth}"),
+                            "label": p_clean, "truth": truth,
+                            "ok": bool(example.pred_clean[i] == example.labels[i])})
+        adv_cells.append({**_picture(adv[i], f"adversarial image, predicted {p_adv}"),
+                          "label": p_adv, "truth": "",
+                          "ok": bool(example.pred_adv[i] == example.labels[i])})
+        delta_cells.append({**_picture(view.images[i], "signed perturbation"),
+                            "label": "", "truth": "", "ok": True})
     caption = (f"{example.domain} domain ({example.dataset}) · attack {example.attack}, "
-               f"{example.threat} @ {_eps_text(example, labels)} · labels are predictions; "
-               f"red = wrong")
-    return (f'<figure class="example"><table class="strip">{body}</table>'
-            f"<figcaption>{esc(caption)}</figcaption></figure>")
+               f"{example.threat} @ {eps_text} · labels are predictions; red = wrong")
+    return {"caption": caption, "scale": view.scale_label,
+            "rows": [("clean", clean_cells), ("adversarial", adv_cells),
+                     ("perturbation", delta_cells)]}
 
 
-def _class_images(example: ExampleSet) -> str:
-    images = example.class_images
-    if images is None or not len(images):
-        return ""
-    cells = "".join(
-        f"<figure>{_pixel_img(image, f'image maximising class {example.class_name(i)}')}"
-        f"<figcaption>{esc(example.class_name(i))}</figcaption></figure>"
-        for i, image in enumerate(images))
-    return (f'<p class="muted">Images optimised from random noise to maximise each class '
-            f"({esc(example.domain)} model): what the network actually learned.</p>"
-            f'<div class="classes">{cells}</div>')
-
-
-def _examples_section(sets: list[ExampleSet], problems: list[str], board: pd.DataFrame,
-                      labels: Mapping[tuple[str, float], str], limit: int) -> str:
+def _examples_view(sets: list[ExampleSet], problems: list[str], board: pd.DataFrame,
+                   labels: Mapping[tuple[str, float], str], limit: int
+                   ) -> dict[str, Any] | None:
     if not sets and not problems:
-        return ""
+        return None
     order = {m: i for i, m in enumerate(dict.fromkeys(board["model"]))}
     domain_order = {"source": 0, "target": 1}
     sets = sorted(sets, key=lambda s: (order.get(s.model, len(order)), s.model,
                                        domain_order.get(s.domain, 2), s.domain, s.path.name))
-    parts = ['<section id="examples"><h2>Adversarial examples</h2>',
-             '<p class="doc">Per model: clean test images, their adversarial versions and '
-             "the perturbation between them, amplified to be visible (mid-grey = no change). "
-             "Labels are the model's predictions.</p>"]
-    parts += [f'<p class="warn">Example file skipped: {esc(p)}</p>' for p in problems]
     by_model: dict[str, list[ExampleSet]] = {}
     for example in sets:
         by_model.setdefault(example.model, []).append(example)
+    models = []
     for model, group in by_model.items():
-        parts.append(f'<div class="model-examples"><h3>{esc(model)}</h3>')
-        parts += [_strip(example, labels, limit) for example in group]
-        with_classes = next((e for e in group if e.class_images is not None), None)
+        classes = []
+        with_classes = next((e for e in group if e.class_images is not None
+                             and len(e.class_images)), None)
         if with_classes is not None:
-            parts.append(_class_images(with_classes))
-        parts.append("</div>")
-    parts.append("</section>")
-    return "".join(parts)
+            classes = [{**_picture(image, "image maximising class "
+                                   f"{with_classes.class_name(i)}"),
+                        "name": with_classes.class_name(i)}
+                       for i, image in enumerate(with_classes.class_images)]
+        models.append({
+            "name": model, "strips": [_strip(e, labels, limit) for e in group],
+            "classes": classes,
+            "classes_domain": with_classes.domain if with_classes is not None else "",
+        })
+    return {"problems": problems, "models": models, "gradient": diverging_css_gradient()}
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def _tree(value: Any) -> list[dict[str, Any]]:
+    """A mapping as nested definition-list items: ``{"key", "kind", "value"}`` where kind is
+    ``map`` (value: items), ``seq`` (value: a list of item lists) or ``text``."""
+    items = []
+    for key, item in (value or {}).items():
+        item = plain(item)
+        if isinstance(item, dict):
+            items.append({"key": str(key), "kind": "map" if item else "text",
+                          "value": _tree(item) if item else "(none)"})
+        elif isinstance(item, list) and any(isinstance(v, (dict, list)) for v in item):
+            items.append({"key": str(key), "kind": "seq",
+                          "value": [_tree(v) if isinstance(v, dict)
+                                    else [{"key": "", "kind": "text", "value": _text(v)}]
+                                    for v in item]})
+        else:
+            items.append({"key": str(key), "kind": "text", "value": _text(item)})
+    return items
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_text(v) for v in value) if value else "(none)"
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 # --------------------------------------------------------------------------- the page
-
-
-def _provenance_section(context: Mapping[str, Any]) -> str:
-    lines = provenance_lines(context.get("provenance"))
-    config = context.get("config") or {}
-    if not lines and not config:
-        return ""
-    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in lines)
-    parts = ['<section id="provenance"><h2>Provenance</h2>']
-    if items:
-        parts.append(f'<dl class="prov">{items}</dl>')
-    if config:
-        text = json.dumps(plain(config), indent=2, sort_keys=True, ensure_ascii=False)
-        parts.append(f"<details><summary>Configuration</summary><pre>{esc(text)}</pre>"
-                     "</details>")
-    parts.append("</section>")
-    return "".join(parts)
 
 
 class HtmlReporter:
@@ -395,53 +463,27 @@ class HtmlReporter:
         """The page as a string (``write`` saves it atomically)."""
         board = build_leaderboard(results)
         headline = choose_headline(results)
-        title = run_title(results, context)
         script = _asset("report.js")
-        nav = ['<a href="#leaderboard">Leaderboard</a>']
-        sections = []
-        if board.empty:
-            sections.append('<section id="leaderboard"><h2>Leaderboard</h2>'
-                            "<p>No results.</p></section>")
-        else:
-            sections.append(
-                '<section id="leaderboard"><h2>Leaderboard</h2>'
-                '<div class="controls"><input id="filter" type="search" '
-                'placeholder="Filter rows, e.g. dann target" aria-label="Filter rows">'
-                '<span id="count" class="muted"></span>'
-                '<span class="muted">Click a column header to sort.</span></div>'
-                f"{_table(board, headline)}</section>")
-            figures = _figures(results, board, headline, dpi=self.dpi)
-            for key, heading in (("curves", "Robust accuracy vs eps"),
-                                 ("heatmap", "Models × attacks"),
-                                 ("domains", "Source vs target")):
-                if figures.get(key):
-                    nav.append(f'<a href="#{key}">{esc(heading)}</a>')
-                    sections.append(f'<section id="{key}"><h2>{esc(heading)}</h2>'
-                                    f"{figures[key]}</section>")
         examples_dir = context.get("examples_dir")
         sets, problems = load_examples(Path(examples_dir) if examples_dir else None)
-        examples = _examples_section(sets, problems, board, eps_labels(results),
-                                     self.max_examples)
-        if examples:
-            nav.append('<a href="#examples">Examples</a>')
-            sections.append(examples)
-        provenance = _provenance_section(context)
-        if provenance:
-            nav.append('<a href="#provenance">Provenance</a>')
-            sections.append(provenance)
-        return (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f'<meta http-equiv="Content-Security-Policy" content="{esc(_csp(script))}">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>robench leaderboard: {esc(title)}</title>"
-            f"<style>{_asset('report.css')}</style></head><body>"
-            f"<header><h1>{esc(title)}</h1>"
-            f'<p class="sub">robench leaderboard · {len(board)} rows · headline: '
-            f"{esc(headline.describe())}</p><nav>{''.join(nav)}</nav></header>"
-            f'<p class="doc">{esc(HEADLINE_DOC)}</p>'
-            + "".join(sections)
-            + f"<script>{script}</script></body></html>\n"
-        )
+        page = {
+            "title": run_title(results, context),
+            "headline": headline.describe(),
+            "headline_doc": HEADLINE_DOC,
+            "rows": len(board),
+            "table": _table_view(board, headline) if not board.empty else None,
+            "figures": _figures(results, board, headline, dpi=self.dpi)
+            if not board.empty else [],
+            "examples": _examples_view(sets, problems, board, eps_labels(results),
+                                       self.max_examples),
+            "provenance": _tree(context.get("provenance") or {}),
+            "config": _tree(context.get("config") or {}),
+            "csp": _csp(script),
+            # the package's own files, the only strings not escaped
+            "css": Markup(_asset("report.css")),
+            "script": Markup(script),
+        }
+        return _environment().get_template(TEMPLATE).render(page=page)
 
     def write(self, results: pd.DataFrame, run_dir: Path, context: dict[str, Any]) -> list[Path]:
         path = Path(run_dir) / f"{self.stem}.html"

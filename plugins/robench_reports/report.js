@@ -1,19 +1,27 @@
 /* robench HTML leaderboard: click a header to sort, type to filter.  Plain ES5 so that the
-   file works in any browser, opened straight from disk; inlined, nothing fetched. */
+   file works in any browser, opened straight from disk; inlined, nothing fetched.
+   Rows are grouped by test set (one tbody each, under its header row); sorting reorders
+   rows inside each group, because accuracies on different test sets are not comparable. */
 (function () {
   "use strict";
   var table = document.getElementById("board");
   if (!table) { return; }
-  var tbody = table.tBodies[0];
+  var blocks = Array.prototype.slice.call(table.tBodies);
   var headers = table.tHead.rows[0].cells;
-  var rows = Array.prototype.slice.call(tbody.rows);
+  var rows = Array.prototype.slice.call(table.querySelectorAll("tbody tr[data-model]"));
   rows.forEach(function (row, index) { row.setAttribute("data-index", String(index)); });
+
+  function dataRows(block) {
+    return Array.prototype.slice.call(block.rows).filter(function (row) {
+      return row.hasAttribute("data-model");
+    });
+  }
 
   function sortKey(cell, numeric) {
     var value = cell.getAttribute("data-v");
     if (value === null) { value = cell.textContent; }
     if (numeric) {
-      var number = parseFloat(value);
+      var number = value === "" ? NaN : parseFloat(value);
       return isNaN(number) ? null : number;
     }
     return value.toLowerCase();
@@ -21,21 +29,23 @@
 
   function sortBy(column, ascending) {
     var numeric = headers[column].getAttribute("data-type") === "num";
-    var keyed = Array.prototype.slice.call(tbody.rows).map(function (row) {
-      return { row: row, key: sortKey(row.cells[column], numeric),
-               index: Number(row.getAttribute("data-index")) };
+    blocks.forEach(function (block) {
+      var keyed = dataRows(block).map(function (row) {
+        return { row: row, key: sortKey(row.cells[column], numeric),
+                 index: Number(row.getAttribute("data-index")) };
+      });
+      keyed.sort(function (a, b) {
+        /* missing values last in either direction; ties keep the leaderboard order */
+        if (a.key === null || b.key === null) {
+          if (a.key === b.key) { return a.index - b.index; }
+          return a.key === null ? 1 : -1;
+        }
+        var order = a.key < b.key ? -1 : (a.key > b.key ? 1 : 0);
+        if (!ascending) { order = -order; }
+        return order !== 0 ? order : a.index - b.index;
+      });
+      keyed.forEach(function (item) { block.appendChild(item.row); });
     });
-    keyed.sort(function (a, b) {
-      /* missing values last in either direction; ties keep the leaderboard order */
-      if (a.key === null || b.key === null) {
-        if (a.key === b.key) { return a.index - b.index; }
-        return a.key === null ? 1 : -1;
-      }
-      var order = a.key < b.key ? -1 : (a.key > b.key ? 1 : 0);
-      if (!ascending) { order = -order; }
-      return order !== 0 ? order : a.index - b.index;
-    });
-    keyed.forEach(function (item) { tbody.appendChild(item.row); });
     for (var i = 0; i < headers.length; i++) { headers[i].removeAttribute("aria-sort"); }
     headers[column].setAttribute("aria-sort", ascending ? "ascending" : "descending");
   }
@@ -59,11 +69,19 @@
   function applyFilter() {
     var terms = filter.value.toLowerCase().split(/\s+/).filter(Boolean);
     var shown = 0;
-    rows.forEach(function (row) {
-      var text = row.textContent.toLowerCase();
-      var keep = terms.every(function (term) { return text.indexOf(term) !== -1; });
-      row.hidden = !keep;
-      if (keep) { shown += 1; }
+    blocks.forEach(function (block) {
+      var here = 0;
+      dataRows(block).forEach(function (row) {
+        var text = (row.textContent + " " + (row.cells[1].getAttribute("title") || "") + " "
+                    + block.getAttribute("data-domain") + " "
+                    + block.getAttribute("data-dataset")).toLowerCase();
+        var keep = terms.every(function (term) { return text.indexOf(term) !== -1; });
+        row.hidden = !keep;
+        if (keep) { here += 1; }
+      });
+      /* a test set with no matching row loses its header too */
+      block.hidden = here === 0;
+      shown += here;
     });
     count.textContent = shown + " of " + rows.length + " rows";
   }

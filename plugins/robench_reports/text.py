@@ -28,6 +28,13 @@ from robench_reports.formatting import (
     to_json,
 )
 
+#: headline statuses that make the headline untrustworthy, and how reports mark them
+HEADLINE_MARKS: dict[str, str] = {
+    "incomplete": "(incomplete)",
+    "invalid": "(invalid)",
+    "failed": "(failed)",
+}
+
 
 def run_title(results: pd.DataFrame, context: Mapping[str, Any]) -> str:
     """The run's name for headings: the context's, else the runs in the table."""
@@ -140,12 +147,18 @@ class MarkdownReporter:
                 header.append("run")
             rows = []
             for row in board.to_dict("records"):
+                model = md_escape(row["model"])
+                if row.get("near_chance"):
+                    model += " **(near chance: ranked last)**"
+                head = pct_ci(row["headline_acc"], row["headline_ci_low"],
+                              row["headline_ci_high"])
+                if row.get("headline_status") in HEADLINE_MARKS:
+                    head += f" **{HEADLINE_MARKS[row['headline_status']]}**"
                 cells = [
-                    str(row["rank"]), md_escape(row["model"]), md_escape(row["dataset"]),
+                    str(row["rank"]), model, md_escape(row["dataset"]),
                     md_escape(row["domain"]), number(row["n"]),
                     pct_ci(row["clean_acc"], row["clean_ci_low"], row["clean_ci_high"]),
-                    pct_ci(row["headline_acc"], row["headline_ci_low"],
-                           row["headline_ci_high"]),
+                    head,
                 ]
                 cells += [pct(row[c]) for c in auc_cols]
                 cells += [
@@ -169,7 +182,11 @@ class MarkdownReporter:
                 lines.append("")
             lines += ["Columns: accuracies in percent; pp = percentage points. Domain gap = "
                       "source minus target of the same model; adaptation gain = this model "
-                      "minus the same backbone and head trained without an adaptor. The full "
+                      "minus the same backbone and head trained without an adaptor. "
+                      "*near chance*: clean accuracy at most 1.5x chance, ranked after every "
+                      "other model of its test set. A headline marked *incomplete* combines "
+                      "fewer attacks than the grid names (one failed), *invalid* includes "
+                      "examples that failed verification: both are optimistic. The full "
                       "table is in leaderboard.csv.", ""]
         provenance = provenance_lines(context.get("provenance"))
         if provenance:

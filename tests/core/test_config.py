@@ -73,14 +73,15 @@ def test_precision_is_checked():
 def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch):
     import warnings
 
-    import robench.grid as grid_mod
+    import robench.validation as validation
+    from robench.grid import Grid
 
     cfg = build_config({"precision": "bf16", "device": "cpu", "out": str(tmp_path),
                         "target": "none", "adaptors": ["none"]})
-    monkeypatch.setattr(grid_mod, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(validation, "cpu_has_native_bf16", lambda: False)
     with pytest.warns(RuntimeWarning, match="without native bf16.*--precision fp32"):
-        grid_mod.Grid(cfg).validate()
-    monkeypatch.setattr(grid_mod, "cpu_has_native_bf16", lambda: True)
+        Grid(cfg).validate()
+    monkeypatch.setattr(validation, "cpu_has_native_bf16", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        grid_mod.Grid(cfg).validate()
+        Grid(cfg).validate()

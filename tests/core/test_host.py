@@ -118,12 +118,6 @@ def test_misspelt_hook_is_caught():
         PluginHost.create(entry_points=False, plugins=[plugin])
 
 
-def test_wildcard_selection():
-    host = PluginHost.create()
-    assert "pgd" in host.select("attack", "pgd*")
-    assert all(n.startswith("pgd") for n in host.select("attack", "pgd*"))
-
-
 def test_two_packages_with_one_plugin_name_are_refused(monkeypatch):
     from importlib.metadata import EntryPoint
 
@@ -134,3 +128,41 @@ def test_two_packages_with_one_plugin_name_are_refused(monkeypatch):
     monkeypatch.setattr(host_module, "_entry_points", lambda: eps)
     with pytest.raises(robench.PluginError, match="pkg_a.plugin.*pkg_b.plugin"):
         PluginHost.create()
+
+
+def test_hooks_are_called_through_pluggy_with_or_without_the_arguments_of_the_spec():
+    """An implementation may take fewer arguments than the hookspec (none at all), or the
+    spec's ``robench_version``: pluggy passes each only what it names."""
+    import types
+
+    import robench
+
+    seen = {}
+    old = types.ModuleType("old_style")
+    old.robench_register_attacks = robench.hookimpl(lambda: [
+        robench.AttackSpec(name="old-style", factory=object, threat="linf")])
+    new = types.ModuleType("new_style")
+
+    def register(robench_version):
+        seen["version"] = robench_version
+        return [robench.AttackSpec(name="new-style", factory=object, threat="linf")]
+
+    new.robench_register_attacks = robench.hookimpl(register)
+    host = PluginHost.create(entry_points=False, plugins=[old, new])
+    assert {"old-style", "new-style"} <= set(host.names("attack"))
+    assert seen["version"] == robench.__version__
+    assert host.specs("attack")["old-style"].plugin == "old_style"
+    assert host.specs("attack")["new-style"].plugin == "new_style"
+
+
+def test_a_built_object_missing_a_protocol_member_names_the_plugin():
+    import types
+
+    import robench
+
+    plugin = types.ModuleType("half_done")
+    plugin.robench_register_attacks = robench.hookimpl(lambda: [
+        robench.AttackSpec(name="no-perturb", factory=object, threat="linf")])
+    host = PluginHost.create(entry_points=False, plugins=[plugin])
+    with pytest.raises(robench.PluginError, match=r"'no-perturb'.*'half_done'.*perturb"):
+        host.build("attack", "no-perturb")

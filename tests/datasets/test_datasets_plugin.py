@@ -14,7 +14,7 @@ from PIL import Image
 import robench
 
 NAMES = ["cifar10", "cifar100", "digits", "digits-m", "imagefolder", "imagefolder:*", "mnist",
-         "svhn"]
+         "mnist-m", "svhn"]
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from robench.leaderboard import (
     choose_headline,
     main_eps,
     normalised_auc,
+    report_context,
+    reporter_params,
     wilson_interval,
 )
 from robench.results import coerce_results
@@ -209,3 +211,117 @@ def test_empty_results_give_an_empty_board_with_columns():
     board = build_leaderboard(coerce_results(pd.DataFrame()))
     assert board.empty
     assert {"rank", "model", "clean_acc", "headline_acc"} <= set(board.columns)
+
+
+def _broken_and_good(build_results, model_spec, *, flag: bool = True):
+    """A near-chance model that is never fooled (14% clean, robust = clean) and a useful one."""
+    models = [
+        model_spec("a", "linear", "none", {"source": 0.95, "target": 0.14},
+                   {"source": 0.0, "target": 0.0}, name="broken"),
+        model_spec("b", "linear", "none", {"source": 0.90, "target": 0.25},
+                   {"source": 0.5, "target": 1.0}, name="useful"),
+    ]
+    results = build_results(models)
+    if flag:
+        rows = (results["model"] == "broken") & (results["domain"] == "target")
+        results.loc[rows, "flags"] = "near-chance"
+    return results
+
+
+def test_a_near_chance_model_is_ranked_last_and_marked(build_results, model_spec):
+    results = _broken_and_good(build_results, model_spec)
+    board = build_leaderboard(results)
+    target = board[board["domain"] == "target"]
+    broken = target.set_index("model").loc["broken"]
+    useful = target.set_index("model").loc["useful"]
+    assert broken["headline_acc"] > useful["headline_acc"]  # never fooled: a higher number
+    assert list(target["model"]) == ["useful", "broken"]  # ... but it does not win
+    assert list(target["rank"]) == [1, 2]
+    assert bool(broken["near_chance"]) and not bool(useful["near_chance"])
+    # on the source test set it is a good model and ranks normally
+    source = board[board["domain"] == "source"]
+    assert list(source["model"]) == ["broken", "useful"]
+    assert not source["near_chance"].any()
+    assert "near chance" in HEADLINE_DOC and "1.5 times chance" in HEADLINE_DOC
+
+
+def test_a_num_classes_column_sets_the_floor_without_flags(build_results, model_spec):
+    results = _broken_and_good(build_results, model_spec, flag=False)
+    assert list(build_leaderboard(results).query("domain == 'target'")["model"]) == [
+        "broken", "useful"]  # without flag or class count nothing marks it
+    results["num_classes"] = 10  # floor 15%
+    board = build_leaderboard(results)
+    target = board[board["domain"] == "target"]
+    assert list(target["model"]) == ["useful", "broken"]
+    assert list(target["near_chance"]) == [False, True]
+
+
+def test_an_incomplete_worst_case_marks_the_headline(build_results):
+    results = build_results()
+    model = "digits-cnn+linear+dann"
+    at = ((results["model"] == model) & (results["domain"] == "target")
+          & (results["attack"] == "worst-case") & (results["eps_label"] == "8/255"))
+    results.loc[at, ["status", "flags"]] = ["incomplete", "incomplete-worst-case:pgd"]
+    elsewhere = ((results["model"] == model) & (results["domain"] == "source")
+                 & (results["attack"] == "worst-case") & (results["eps_label"] == "2/255"))
+    results.loc[elsewhere, "status"] = "incomplete"  # not the headline eps: no mark
+    board = build_leaderboard(results).set_index(["model", "domain"])
+    assert board.loc[(model, "target"), "headline_status"] == "incomplete"
+    assert board.loc[(model, "source"), "headline_status"] == "ok"
+    assert board.loc[(model, "target"), "status"] == "ok 15, incomplete 1"
+    # without worst-case rows, a failed attack at the headline eps leaves the minimum over
+    # fewer attacks: incomplete too
+    results = build_results(worst_case=False)
+    failed = ((results["model"] == model) & (results["domain"] == "source")
+              & (results["attack"] == "pgd") & (results["eps_label"] == "8/255"))
+    results.loc[failed, ["status", "robust_acc"]] = ["failed", np.nan]
+    board = build_leaderboard(results).set_index(["model", "domain"])
+    assert board.loc[(model, "source"), "headline_status"] == "incomplete"
+    assert board.loc[(model, "target"), "headline_status"] == "ok"
+
+
+def test_upcoming_columns_and_complete_models_are_tolerated(build_results, model_spec):
+    models = [
+        model_spec("", "", "", {"source": 0.9, "target": 0.5}, {"source": 0.5, "target": 0.5},
+                   name="timm:resnet18"),
+        model_spec("", "", "", {"source": 0.8, "target": 0.4}, {"source": 0.2, "target": 0.2},
+                   name="file:model.pt"),
+        model_spec("digits-cnn", "linear", "none", {"source": 0.9, "target": 0.5},
+                   {"source": 0.5, "target": 0.5}),
+    ]
+    results = build_results(models)
+    results["precision"] = ["bf16" if i % 3 else "" for i in range(len(results))]
+    results["defense"] = np.where(results["model"] == "file:model.pt", "pgd-at", "")
+    results.loc[results["model"] == "timm:resnet18", "defense"] = pd.NA
+    board = build_leaderboard(results)
+    assert len(board) == 6
+    assert {"precision", "defense"} <= set(board.columns)
+    assert list(board.columns).index("defense") < list(board.columns).index("dataset")
+    rows = board.set_index(["model", "domain"])
+    assert rows.loc[("file:model.pt", "source"), "defense"] == "pgd-at"
+    assert rows.loc[("timm:resnet18", "source"), "defense"] == ""
+    assert rows.loc[("timm:resnet18", "source"), "precision"] == "bf16"
+    assert rows.loc[("timm:resnet18", "source"), "backbone"] == ""
+    # a complete model has no adaptor, so no adaptation gain; its domain gap still exists
+    assert rows.loc[("timm:resnet18", "target"), ["adapt_gain_clean"]].isna().all()
+    assert rows.loc[("timm:resnet18", "target"), "gap_clean"] == pytest.approx(0.4)
+    assert board["headline_acc"].notna().all()
+
+
+def test_report_context_is_built_in_one_place(tmp_path, build_results):
+    run_json = {"name": "grid-run", "config": {"name": "grid-run", "reporters": ["md"],
+                                               "params": {"reporter": {"md": {"stem": "x"}}}},
+                "versions": {"torch": "2"}, "seed": 3}
+    ctx = report_context(tmp_path, run_json)
+    assert ctx == {"name": "grid-run", "config": run_json["config"],
+                   "provenance": {"versions": {"torch": "2"}, "seed": 3},
+                   "examples_dir": tmp_path / "examples"}
+    assert reporter_params(ctx["config"]) == {"md": {"stem": "x"}}
+    assert reporter_params({}) == {} and reporter_params({"params": {"reporter": 3}}) == {}
+    merged = report_context(tmp_path, {"provenance": {"runs": ["a", "b"]}}, name="merged",
+                            examples=False)
+    assert merged == {"name": "merged", "config": {}, "provenance": {"runs": ["a", "b"]},
+                      "examples_dir": None}
+    bare = report_context(tmp_path / "folder", None, results=build_results(run="from-csv"))
+    assert bare["name"] == "from-csv" and bare["provenance"] == {}
+    assert report_context(tmp_path / "folder")["name"] == "folder"

@@ -9,7 +9,13 @@ import pytest
 
 from robench.errors import UsageError
 from robench.leaderboard import build_leaderboard
-from robench.merge import merge_leaderboards, merge_results, merged_report_paths, read_results
+from robench.merge import (
+    merge_leaderboards,
+    merge_results,
+    merged_report_paths,
+    read_results,
+    report_run,
+)
 
 
 @pytest.fixture
@@ -110,7 +116,7 @@ def test_missing_columns_name_the_file_and_columns(tmp_path, two_runs):
     ("n", "12.5", r"'n' must hold integers"),
     ("eps", "inf", r"'eps' must be finite"),
     ("domain", "elsewhere", r"'domain' must be 'source' or 'target'"),
-    ("status", "great", r"'status' must be one of ok, invalid, failed"),
+    ("status", "great", r"'status' must be one of ok, invalid, incomplete, failed"),
     ("model", "", r"'model' must not be blank"),
 ])
 def test_bad_values_name_the_file_line_and_value(tmp_path, two_runs, column, value, expected):
@@ -166,3 +172,40 @@ def test_a_failed_merge_writes_nothing(tmp_path, two_runs, reports_host):
         merge_leaderboards([a, bad], out, host=reports_host)
     assert not out.exists()
     assert not any(p.exists() for p in merged_report_paths(out).values())
+
+
+def test_incomplete_worst_case_rows_are_accepted(tmp_path, two_runs):
+    a, _ = two_runs
+    path = tmp_path / "incomplete.csv"
+    frame = pd.read_csv(a, dtype=str, keep_default_na=False)
+    worst = frame.index[frame["attack"] == "worst-case"][0]
+    frame.loc[worst, ["status", "flags"]] = ["incomplete", "incomplete-worst-case:pgd"]
+    frame.to_csv(path, index=False)
+    merged = merge_results([path])
+    assert merged.loc[worst, "status"] == "incomplete"
+
+
+def test_report_run_validates_and_rebuilds(tmp_path, build_results, reports_host):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    build_results(run="disk").to_csv(run_dir / "results.csv", index=False)
+    written = report_run(run_dir, reporters=["md"], host=reports_host)
+    assert [p.name for p in written] == ["leaderboard.md"]
+    assert "robench leaderboard: disk" in written[0].read_text()  # title from the run column
+    frame = pd.read_csv(run_dir / "results.csv")
+    frame.loc[0, "clean_acc"] = 7
+    frame.to_csv(run_dir / "results.csv", index=False)
+    with pytest.raises(UsageError, match=r"results\.csv: column 'clean_acc' must be in"):
+        report_run(run_dir, reporters=["md"], host=reports_host)
+
+
+def test_the_leaderboard_never_imports_merge():
+    """merge imports leaderboard; the reverse would be an import cycle."""
+    import subprocess
+    import sys
+
+    code = ("import sys, robench.leaderboard, robench_reports.plugin; "
+            "assert 'robench.merge' not in sys.modules, 'robench.merge was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr

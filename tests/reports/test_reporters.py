@@ -16,7 +16,8 @@ import robench_reports.plugin
 
 from robench.errors import UsageError
 from robench.host import PluginHost
-from robench.leaderboard import build_leaderboard, report_run, write_reports
+from robench.leaderboard import build_leaderboard, write_reports
+from robench.merge import report_run
 
 EVIL_SCRIPT = "<script>alert(1)</script>"
 EVIL_IMG = "<img src=x onerror=alert(1)>"
@@ -33,10 +34,12 @@ class PageParser(HTMLParser):
         self.tags: list[str] = []
         self.csp = ""
         self.rows = 0
+        self.attributes: set[str] = set()
         self._in_script = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = dict(attrs)
+        self.attributes.update(values)
         self.tags.append(tag)
         if tag == "img":
             self.images.append(values.get("src") or "")
@@ -181,7 +184,12 @@ def test_untrusted_strings_are_escaped_in_md_and_html(tmp_path, build_results, m
                                 "h1", "h2", "h3", "p", "nav", "a", "section", "div", "input",
                                 "span", "table", "thead", "tbody", "tr", "th", "td", "figure",
                                 "img", "figcaption", "br", "dl", "dt", "dd", "details",
-                                "summary", "pre", "script"}
+                                "summary", "ol", "li", "script"}
+    # escaped text stays inside its attribute value: no element has an event handler
+    assert not [a for a in parser.attributes if a.startswith("on")]
+    # the provenance is a definition list, also for nested values, not raw JSON
+    assert '<dt>note</dt><dd>&lt;script&gt;alert(1)&lt;/script&gt;</dd>' in page
+    assert "<dd>{" not in page
 
     md = (tmp_path / "leaderboard.md").read_text()
     assert "<script" not in md and "<img" not in md and "<b>" not in md
@@ -248,3 +256,88 @@ def test_report_run_rebuilds_reports_from_a_run_folder(tmp_path, results, report
     assert "source_file" not in pd.read_csv(tmp_path / "leaderboard.csv").columns
     with pytest.raises(UsageError, match="does not exist"):
         report_run(tmp_path / "nope", host=reports_host)
+
+
+def test_near_chance_and_incomplete_headlines_are_marked_in_every_report(
+        tmp_path, build_results, model_spec, reports_host):
+    models = [
+        model_spec("a", "linear", "none", {"source": 0.95, "target": 0.14},
+                   {"source": 0.0, "target": 0.0}, name="broken"),
+        model_spec("b", "linear", "none", {"source": 0.90, "target": 0.25},
+                   {"source": 0.5, "target": 1.0}, name="useful"),
+    ]
+    results = build_results(models)
+    results.loc[(results["model"] == "broken") & (results["domain"] == "target"),
+                "flags"] = "near-chance"
+    incomplete = ((results["model"] == "useful") & (results["domain"] == "source")
+                  & (results["attack"] == "worst-case") & (results["eps_label"] == "8/255"))
+    results.loc[incomplete, "status"] = "incomplete"
+    write_reports(results, tmp_path, {"name": "marks"}, host=reports_host)
+
+    board = pd.read_csv(tmp_path / "leaderboard.csv")
+    target = board[board["domain"] == "target"]
+    assert list(target["model"]) == ["useful", "broken"]
+    assert list(target["near_chance"]) == [False, True]
+    assert "incomplete" in set(board["headline_status"])
+    rows = json.loads((tmp_path / "leaderboard.json").read_text())["leaderboard"]
+    assert [r["near_chance"] for r in rows if r["domain"] == "target"] == [False, True]
+
+    md = (tmp_path / "leaderboard.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| 2 | broken"))
+    assert "(near chance: ranked last)" in line
+    line = next(x for x in md.splitlines() if "| useful | digits | source" in x)
+    assert "**(incomplete)**" in line
+
+    page = (tmp_path / "leaderboard.html").read_text()
+    broken_row = re.search(r'<tr data-model="broken" data-domain="target"[^>]*>.*?</tr>', page,
+                           re.S).group(0)
+    assert 'class="near-chance"' in broken_row and ">near chance</span>" in broken_row
+    useful_row = re.search(r'<tr data-model="useful" data-domain="source"[^>]*>.*?</tr>', page,
+                           re.S).group(0)
+    assert ">incomplete</span>" in useful_row
+    assert page.count(">near chance</span>") == 1 and page.count(">incomplete</span>") == 1
+    assert "1 near chance, ranked last" in page
+
+
+def test_the_html_table_leaves_out_the_parts_and_shows_the_headline_once(default_reports):
+    run_dir, _, _ = default_reports
+    page = (run_dir / "leaderboard.html").read_text()
+    head = re.search(r"<thead>(.*?)</thead>", page, re.S).group(1)
+    headers = re.findall(r">([^<>]+)</th>", head)
+    assert headers[:5] == ["rank", "model", "n", "clean %", "robust % linf 8/255"]
+    assert headers[5:9] == ["domain gap clean pp", "domain gap robust pp",
+                            "adapt. gain clean pp", "adapt. gain robust pp"]
+    assert sum("8/255" in h for h in headers) == 1
+    assert not {"backbone", "head", "adaptor", "dataset", "domain"} & set(headers)
+    # the parts are in the model cell's hover text
+    assert 'title="backbone: digits-cnn\nhead: linear\nadaptor: dann' in page
+    assert page.count('<tr class="block-head">') == 2
+
+
+def test_the_perturbation_is_signed_and_scaled_to_eps():
+    from robench_reports.examples import perturbation_image
+
+    clean = np.full((1, 2, 3, 1), 100, dtype=np.uint8)
+    adv = clean.copy()
+    adv[0, 0, 0, 0] += 8  # +eps at 8/255
+    adv[0, 0, 1, 0] -= 8  # -eps
+    adv[0, 0, 2, 0] += 4  # half the budget
+    view = perturbation_image(clean, adv, eps=8 / 255, threat="linf", eps_label="8/255")
+    assert view.scale_label == "8/255 (eps)" and view.images.shape == (1, 2, 3, 3)
+    plus, minus, half, zero = (view.images[0, 0, 0], view.images[0, 0, 1],
+                               view.images[0, 0, 2], view.images[0, 1, 0])
+    assert int(plus[0]) > int(plus[2]) + 40 and int(plus[0]) > int(plus[1]) + 40  # red
+    assert int(minus[2]) > int(minus[0]) + 40  # blue: darker
+    assert zero.min() > 240  # white: unchanged
+    assert plus[1] < half[1] < zero[1]  # half the budget: paler than the full budget
+    # an L2 budget bounds no single pixel: scaled to the largest change, and said so
+    view = perturbation_image(clean, adv, eps=0.5, threat="l2")
+    assert view.scale_label.endswith("(largest change)")
+    assert view.scale == pytest.approx(8 / 255)
+    # colour images: the channel that changed most, with its sign
+    rgb = np.zeros((1, 1, 1, 3), dtype=np.uint8) + 50
+    moved = rgb.copy()
+    moved[..., 1] -= 8
+    moved[..., 0] += 2
+    shown = perturbation_image(rgb, moved, eps=8 / 255, threat="linf").images[0, 0, 0]
+    assert int(shown[2]) > int(shown[0]) + 40  # blue: the green channel's -8 wins over +2

@@ -1,0 +1,130 @@
+"""``robench.evaluate``: the one-liner for a model in a notebook.
+
+The model and the data may live only in memory; they reach the grid as two plugins made for
+the call (a complete model ``memory:model`` and, for tensors, a dataset ``memory:data``), so
+the evaluation is exactly the grid's: the eps cascade, verification of every example,
+worst-case rows and sanity flags.  Such plugins exist only in this process, so the grid runs
+its tasks here (one worker).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from robench.errors import UsageError
+from robench.hookspecs import hookimpl
+from robench.host import PluginHost
+from robench.specs import Classifier, DatasetBundle, DatasetSpec, ModelSpec, TensorSplit
+
+#: the names the in-memory model and data get in the results
+MEMORY_MODEL = "memory:model"
+MEMORY_DATA = "memory:data"
+
+
+def _memory_plugin(model: Any, data: tuple[Any, Any] | None, *, num_classes: int | None,
+                   class_names: Sequence[str]) -> types.ModuleType:
+    plugin = types.ModuleType("robench_memory")
+
+    def classifier() -> Classifier:
+        return model if isinstance(model, Classifier) else Classifier(
+            module=model, num_classes=int(num_classes or 0), class_names=tuple(class_names))
+
+    plugin.robench_register_models = hookimpl(lambda: [ModelSpec(
+        name=MEMORY_MODEL, factory=classifier, source="an nn.Module passed to evaluate()",
+        description="the model given to robench.evaluate")])
+    if data is not None:
+        images, labels = data
+        split = TensorSplit(images, labels)
+
+        def bundle() -> DatasetBundle:
+            return DatasetBundle(
+                name=MEMORY_DATA, num_classes=int(num_classes), image_size=int(images.shape[-1]),
+                in_chans=int(images.shape[1]), train=split, test=split,
+                class_names=tuple(class_names) or tuple(str(i) for i in range(num_classes)))
+
+        plugin.robench_register_datasets = hookimpl(lambda: [DatasetSpec(
+            name=MEMORY_DATA, factory=bundle, description="tensors given to evaluate()")])
+    return plugin
+
+
+def evaluate(
+    model: Any,
+    dataset: str | tuple[Any, Any],
+    *,
+    attacks: Sequence[str] = ("apgd-ce", "apgd-t"),
+    eps: Mapping[str, Sequence[Any]] | None = None,
+    limit: int | None = 1000,
+    num_classes: int | None = None,
+    class_names: Sequence[str] = (),
+    out: str | Path | None = None,
+    name: str = "evaluate",
+    seed: int = 0,
+    device: str = "auto",
+    attack_params: Mapping[str, Mapping[str, Any]] | None = None,
+    dataset_params: Mapping[str, Any] | None = None,
+    reporters: Sequence[str] = ("csv", "md", "html", "json"),
+) -> Any:
+    """Evaluate an in-memory classifier; returns the rows of ``results.csv`` (a DataFrame).
+
+    ``model`` is an ``nn.Module`` taking images in [0, 1] and returning logits (or a
+    :class:`robench.Classifier`). ``dataset`` is a dataset plugin name (``"mnist"``) or a
+    pair ``(images, labels)`` of tensors, images ``(N, C, H, W)`` in [0, 1]; then
+    ``num_classes`` defaults to ``labels.max() + 1``.  ``eps`` maps threat models to budgets
+    (``{"linf": ["8/255"]}``).  With ``out``, the run folder ``out/name`` keeps the store and
+    the reports (rerunning resumes); without, they are written to a temporary folder that is
+    removed.
+    """
+    import torch
+
+    from robench.grid import run_grid
+
+    data = None
+    if isinstance(dataset, str):
+        dataset_name = dataset
+    elif isinstance(dataset, Sequence) and len(dataset) == 2:
+        images, labels = (torch.as_tensor(t) for t in dataset)
+        if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
+            raise UsageError(
+                f"evaluate(): dataset must be (images (N, C, H, W), labels (N,)); got shapes "
+                f"{tuple(images.shape)} and {tuple(labels.shape)}.")
+        if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
+            raise UsageError("evaluate(): images must be in [0, 1] (the model normalises "
+                             "inside itself, so eps means the same for every model).")
+        num_classes = num_classes or int(labels.max()) + 1
+        data = (images.float(), labels.long())
+        dataset_name = MEMORY_DATA
+    else:
+        raise UsageError("evaluate(): dataset must be a dataset name or (images, labels).")
+    if isinstance(model, torch.nn.Module) and num_classes is None:
+        num_classes = None  # the dataset decides: fitted by the grid, refused if unlike
+    plugin = _memory_plugin(model, data, num_classes=num_classes, class_names=class_names)
+    host = PluginHost.create(plugins=[plugin])
+    if not isinstance(model, Classifier) and num_classes is None:
+        bundle = host.build("dataset", dataset_name, **dict(dataset_params or {}))
+        plugin = _memory_plugin(model, data, num_classes=bundle.num_classes,
+                                class_names=class_names)
+        host = PluginHost.create(plugins=[plugin])
+    folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="robench-"))
+    config: dict[str, Any] = {
+        "name": name, "dataset": dataset_name, "target": "none", "models": [MEMORY_MODEL],
+        "attacks": list(attacks), "limit": limit if limit is not None else 0, "seed": seed,
+        "device": device, "out": str(folder),
+        "reporters": list(reporters) if out else ["csv"],
+        "executor": {"local": {"workers": 1}},
+    }
+    if eps:
+        config["eps"] = {k: list(v) for k, v in eps.items()}
+    if attack_params:
+        config["attack"] = {k: dict(v) for k, v in attack_params.items()}
+    if dataset_params:
+        config["data"] = {dataset_name: dict(dataset_params)}
+    try:
+        return run_grid(config, host=host)
+    finally:
+        if out is None:
+            shutil.rmtree(folder, ignore_errors=True)

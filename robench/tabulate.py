@@ -1,0 +1,150 @@
+"""Tabulation: the results table (``results.csv``) derived from the store alone.
+
+One row per model x domain x attack x eps, plus the ``worst-case`` rows: per (model, domain,
+threat, eps), a sample is robust only if no untargeted attack of that threat fooled it.  A
+worst case missing an attack that failed is marked ``status = incomplete`` and names the
+missing attack: it is an upper bound, never silently reported as complete.  Because the
+table comes from the store, a resumed run and an uninterrupted one write the same rows, and
+this module can be tested on a store written by hand, without training anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robench.config import GridConfig
+from robench.flags import add_flags
+from robench.planning import AttackPlan, ModelPlan, attack_key, clean_key, domains
+from robench.results import coerce_results
+from robench.store import Store
+from robench.worker import unpack_mask
+
+
+@dataclass
+class Tabulated:
+    results: pd.DataFrame
+    #: per (model, domain): the clean task's model diagnostics (for the sanity flags)
+    diagnostics: dict[tuple[str, str], dict[str, Any]]
+
+
+def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
+             train_keys: Mapping[str, str], model_keys: Mapping[str, str],
+             attacks: Mapping[str, AttackPlan], device: str) -> Tabulated:
+    """The results table of ``plans`` x domains x ``attacks`` from what ``store`` holds;
+    ``train_keys`` name each model's training (or loading) task, ``model_keys`` the model
+    its clean and attack tasks evaluated."""
+    cfg = config
+    rows: list[dict[str, Any]] = []
+    diagnostics: dict[tuple[str, str], dict[str, Any]] = {}
+    for plan in plans:
+        trained = store.get(train_keys[plan.name]) or {}
+        train_ok = store.status(train_keys[plan.name]) == "ok"
+        key = model_keys[plan.name]
+        base = {"model": plan.name, "backbone": plan.backbone, "head": plan.head,
+                "adaptor": plan.adaptor, "defense": plan.defense,
+                "precision": cfg.precision, "seed": cfg.seed, "device": device,
+                "params": trained.get("params", 0),
+                "train_seconds": trained.get("train_seconds", float("nan")),
+                "run": cfg.name}
+        source_clean = store.get(clean_key(cfg, key, "source", cfg.dataset)) if train_ok \
+            else None
+        alignment = (source_clean or {}).get("perceptual_alignment")
+        base["perceptual_alignment"] = float("nan") if alignment is None else float(alignment)
+        for domain, dataset in domains(cfg):
+            clean = store.get(clean_key(cfg, key, domain, dataset)) if train_ok else None
+            if clean and "correct" in clean:
+                diagnostics[(plan.name, domain)] = {
+                    **clean["diagnostics"], "num_classes": clean["num_classes"]}
+            per_threat: dict[tuple[str, float], list[tuple[np.ndarray, str, str]]] = {}
+            labels: dict[tuple[str, float], str] = {}
+            failed_by_threat: dict[str, list[str]] = {}
+            for name, attack in attacks.items():
+                akey = attack_key(cfg, attack, key, domain, dataset)
+                payload = store.get(akey) if train_ok else None
+                status = store.status(akey) if train_ok else "failed"
+                row0 = {**base, "dataset": dataset, "domain": domain, "attack": name,
+                        "attack_params": json.dumps(cfg.plugin_params("attack", name),
+                                                    sort_keys=True)}
+                if status != "ok" or payload is None:
+                    error = (payload or {}).get("error") or trained.get("error") or "not run"
+                    eps_names = cfg.eps_labels(attack.threat)
+                    for eps in cfg.eps_values(attack.threat):
+                        rows.append({**row0, "threat": attack.threat,
+                                     "attack_kind": attack.kind, "eps": eps,
+                                     "eps_label": eps_names.get(eps, f"{eps:g}"),
+                                     "clean_acc": (clean or {}).get("clean_acc"),
+                                     "status": "failed", "error": error,
+                                     "n": (clean or {}).get("n", 0)})
+                    if attack.target is None:
+                        failed_by_threat.setdefault(attack.threat, []).append(name)
+                    continue
+                threat = payload["threat"]
+                for outcome in payload["outcomes"]:
+                    status_row = "invalid" if outcome["n_invalid"] else "ok"
+                    reasons = ";".join(f"{k}={v}" for k, v in outcome["reasons"].items())
+                    rows.append({
+                        **row0, "threat": threat, "attack_kind": payload["kind"],
+                        "eps": outcome["eps"], "eps_label": outcome["eps_label"],
+                        "clean_acc": payload["clean_acc"],
+                        "robust_acc": outcome["n_robust"] / payload["n"], "n": payload["n"],
+                        "n_robust": outcome["n_robust"], "n_invalid": outcome["n_invalid"],
+                        "grad_evals": outcome["grad_evals"], "queries": outcome["queries"],
+                        "seconds": outcome["seconds"], "status": status_row,
+                        "error": f"verification: {reasons}" if reasons else "",
+                        "attack_params": json.dumps(payload.get("attack_params", {}),
+                                                    sort_keys=True, default=str),
+                        "black_box": payload["black_box"],
+                        "targeted": payload["targeted"],
+                    })
+                    if payload["targeted"]:
+                        continue  # targeted success is not untargeted robustness
+                    mask = unpack_mask(outcome["robust"], payload["n"])
+                    per_threat.setdefault((threat, outcome["eps"]), []).append(
+                        (mask, status_row, name))
+                    labels[(threat, outcome["eps"])] = outcome["eps_label"]
+            for (threat, eps), entries in sorted(per_threat.items()):
+                rows.append(_worst_case_row(
+                    base, dataset=dataset, domain=domain, threat=threat, eps=eps,
+                    eps_label=labels[(threat, eps)], clean=clean, entries=entries,
+                    missing=failed_by_threat.get(threat, [])))
+    frame = coerce_results(pd.DataFrame(rows))
+    frame = add_flags(frame, diagnostics)
+    if "status" in frame:
+        incomplete = frame["status"] == "incomplete"
+        if incomplete.any():
+            frame.loc[incomplete, "flags"] = [
+                f"{f};worst-case-incomplete" if f else "worst-case-incomplete"
+                for f in frame.loc[incomplete, "flags"].fillna("").astype(str)]
+    frame = frame.drop(columns=[c for c in ("black_box", "targeted") if c in frame])
+    return Tabulated(results=frame, diagnostics=diagnostics)
+
+
+def _worst_case_row(base: dict[str, Any], *, dataset: str, domain: str, threat: str,
+                    eps: float, eps_label: str, clean: dict[str, Any] | None,
+                    entries: list[tuple[np.ndarray, str, str]],
+                    missing: list[str]) -> dict[str, Any]:
+    """Per sample robust only if robust under every attack in ``entries``."""
+    robust = np.logical_and.reduce([m for m, _, _ in entries])
+    n = len(robust)
+    if missing:
+        status = "incomplete"
+    elif any(s == "invalid" for _, s, _ in entries):
+        status = "invalid"
+    else:
+        status = "ok"
+    return {
+        **base, "dataset": dataset, "domain": domain, "attack": "worst-case",
+        "threat": threat, "attack_kind": "worst-case", "eps": eps, "eps_label": eps_label,
+        "clean_acc": clean["clean_acc"] if clean else float("nan"),
+        "robust_acc": int(robust.sum()) / n if n else float("nan"), "n": n,
+        "n_robust": int(robust.sum()), "status": status,
+        "error": f"worst case without {', '.join(missing)} (failed): an upper bound"
+        if missing else "",
+        "attack_params": json.dumps(sorted(a for _, _, a in entries)),
+    }

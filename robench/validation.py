@@ -1,0 +1,324 @@
+"""Validation: every name, parameter, path and device of a grid is checked before any work.
+
+A grid that passes :func:`validate` can still fail a task (a model that does not learn, an
+attack that raises), but never on input the user could have fixed: that is exit code 2 with
+a one-paragraph message, before anything is trained.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robench.config import PARAM_TABLES, GridConfig
+from robench.errors import UsageError
+from robench.host import PluginHost, check_params
+from robench.planning import AttackPlan, domains
+from robench.specs import DatasetBundle
+from robench.worker import WorkerContext
+
+#: parameters the harness passes to factories of each kind (placeholder values for checks)
+HARNESS_PARAMS: dict[str, dict[str, int]] = {
+    "backbone": {"image_size": 1, "in_chans": 1},
+    "head": {"num_features": 1, "num_classes": 1},
+    "adaptor": {"num_features": 1},
+}
+#: what the harness passes to a defense's factory, by stage
+DEFENSE_PARAMS: dict[str, dict[str, Any]] = {
+    "training": {"build_attack": None},
+    "inference": {"model": None},
+}
+#: harness-level attack modifiers written after the attack's name (``pgd+bpda``): ``bpda``
+#: attacks inference defenses through their straight-through backward, ``eot`` through the
+#: average of ``eot_samples`` forward passes (randomised defenses)
+ATTACK_MODIFIERS: tuple[str, ...] = ("bpda", "eot")
+
+
+def attack_base(name: str) -> tuple[str, tuple[str, ...]]:
+    """``"pgd+bpda+eot"`` -> ``("pgd", ("bpda", "eot"))``; an unknown modifier is refused."""
+    base, *mods = name.split("+")
+    for mod in mods:
+        if mod not in ATTACK_MODIFIERS:
+            raise UsageError(
+                f"Attack {name!r}: {mod!r} is not an attack modifier; write an attack name "
+                f"optionally followed by +bpda (straight-through gradients through "
+                f"inference defenses) and/or +eot (expectation over their randomness).")
+    if len(set(mods)) != len(mods):
+        raise UsageError(f"Attack {name!r} names a modifier twice.")
+    return base, tuple(mods)
+
+
+@dataclass
+class ValidGrid:
+    """What validation established: the device, the loaded datasets and the attacks as they
+    will run."""
+
+    device: str
+    bundles: dict[str, DatasetBundle]
+    attacks: dict[str, AttackPlan] = field(default_factory=dict)
+    #: each defense's stage (none, training, inference)
+    stages: dict[str, str] = field(default_factory=dict)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as torch reports it."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"Device {requested!r} was asked for, but torch sees no CUDA GPU here "
+                f"(torch {torch.__version__}). Use --device cpu or --device auto."
+            )
+        index = int(requested.split(":")[1]) if ":" in requested else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(
+                f"Device {requested!r} does not exist: {torch.cuda.device_count()} GPU(s) seen."
+            )
+    return requested
+
+
+def validate(config: GridConfig, context: WorkerContext) -> ValidGrid:
+    """Resolve every name and check every parameter, path and device before any work starts."""
+    cfg = config
+    host = context.host
+    run_dir = cfg.run_dir
+    if not cfg.backbones and not cfg.models:
+        raise UsageError("This grid has no model: give --backbones (models trained by the "
+                         "grid) or --models (complete classifiers), or both.")
+    names_by_kind = {
+        "dataset": [cfg.dataset] + ([cfg.target] if cfg.target else []),
+        "backbone": cfg.backbones, "head": cfg.heads, "adaptor": cfg.adaptors,
+        "model": cfg.models, "defense": cfg.defenses,
+        "attack": cfg.attacks, "reporter": cfg.reporters, "executor": [cfg.executor],
+    }
+    for kind, names in names_by_kind.items():
+        for name in names:
+            plugin_name = attack_base(name)[0] if kind == "attack" else name
+            spec, implied = host.resolve(kind, plugin_name)
+            params = cfg.plugin_params(kind, name)
+            if kind == "attack":
+                _check_target(name, spec, params.pop("target", None))
+                params.pop("eot_samples", None)
+            # what the harness itself passes to the factory, so the check sees it too
+            supplied = HARNESS_PARAMS.get(kind, {})
+            if kind == "defense":
+                supplied = DEFENSE_PARAMS.get(spec.stage, {})
+            check_params(spec, name, {**params, **supplied, **implied})
+    for table, kind in PARAM_TABLES.items():
+        used = names_by_kind[kind]
+        for name in cfg.params.get(table, {}):
+            if kind == "attack" and name.rpartition("/")[0] in used:
+                continue  # a preset member's own table: [attack."autoattack/apgd-t"]
+            if name not in used:
+                raise UsageError(
+                    f"Config table [{table}.{name}] sets parameters for {kind} {name!r}, "
+                    f"which this grid does not use ({', '.join(used)})."
+                )
+    for adaptor in cfg.adaptors:
+        spec, _ = host.resolve("adaptor", adaptor)
+        if spec.uses_target and not cfg.target:
+            raise UsageError(
+                f"Adaptor {adaptor!r} trains on unlabelled target-domain images, and this "
+                f"grid has no target. Pass --target NAME (e.g. digits-m) or use adaptor none."
+            )
+    device = resolve_device(cfg.device)
+    if cfg.precision == "fp16" and not device.startswith("cuda"):
+        raise UsageError(
+            "precision fp16 needs a CUDA device (CPU autocast supports bf16); use "
+            "--precision bf16 or fp32."
+        )
+    if cfg.precision == "bf16" and device == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            "precision bf16 on a CPU without native bf16 arithmetic (AVX512-BF16 or AMX): "
+            "autocast emulates it, about 10x slower than fp32 on the CPU of "
+            "benchmarks/RESULTS.md. --precision fp32 is faster here.",
+            RuntimeWarning, stacklevel=2)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; give a folder for the run folders.")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"Run folder {str(run_dir)!r} exists and is not a folder.")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"Cannot write to the run folder {str(run_dir)!r}: {exc}.") \
+            from None
+    # Data: load now, so a missing path is exit 2 rather than a failed task.
+    bundles: dict[str, DatasetBundle] = {}
+    for _, dataset in domains(cfg):
+        try:
+            bundles[dataset] = context.dataset(cfg, dataset)
+        except UsageError:
+            raise
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+            raise UsageError(f"Dataset {dataset!r} could not be loaded: {exc}.") from None
+    if cfg.target:
+        src, tgt = bundles[cfg.dataset], bundles[cfg.target]
+        if (src.num_classes, src.image_size, src.in_chans) != (
+                tgt.num_classes, tgt.image_size, tgt.in_chans):
+            raise UsageError(
+                f"Target {cfg.target!r} ({tgt.num_classes} classes, {tgt.image_size}px, "
+                f"{tgt.in_chans} channels) does not match dataset {cfg.dataset!r} "
+                f"({src.num_classes} classes, {src.image_size}px, {src.in_chans} channels); "
+                f"set image_size/channels in [data.NAME] so that they agree."
+            )
+
+    attacks = _check_values(cfg, host, bundles)
+    stages = _check_defenses(cfg, host)
+    valid = ValidGrid(device=device, bundles=bundles, attacks=attacks, stages=stages)
+    _check_complete_models(cfg, context, valid)
+    return valid
+
+
+def _check_complete_models(cfg: GridConfig, context: WorkerContext, valid: ValidGrid) -> None:
+    """Load each complete model once and fit it to every evaluated dataset, so a model whose
+    classes or input do not fit is exit 2 before any work (the message names both)."""
+    from robench.planning import ModelPlan
+    from robench.worker import load_complete
+
+    for name in cfg.models:
+        plan = ModelPlan(name=name, model=name, model_params=cfg.plugin_params("model", name))
+        for _, dataset in domains(cfg):
+            bundle = valid.bundles[dataset]
+            try:
+                load_complete(context.host, plan, num_classes=bundle.num_classes,
+                              class_names=[str(c) for c in bundle.class_names],
+                              image_size=bundle.image_size, in_chans=bundle.in_chans,
+                              dataset=dataset)
+            except UsageError:
+                raise
+            except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+                raise UsageError(f"Model {name!r} could not be loaded: {exc}.") from None
+
+
+def fingerprints(host: PluginHost) -> Any:
+    """``fingerprint(kind, name)`` of the plugin serving ``name`` (see ``model_plans``)."""
+    def fingerprint(kind: str, name: str) -> str:
+        return host.fingerprint(host.resolve(kind, name)[0].plugin)
+    return fingerprint
+
+
+def _check_target(name: str, spec: Any, target: Any) -> None:
+    if target is None:
+        return
+    if not spec.targeted:
+        raise UsageError(
+            f"[attack.{name}] sets target = {target!r}, but attack {name!r} has "
+            f"no targeted variant. Remove target, or pick a targeted attack."
+        )
+    if not (target in ("random", "least-likely")
+            or (isinstance(target, int) and not isinstance(target, bool) and target >= 0)):
+        raise UsageError(
+            f"[attack.{name}] target must be a class index, 'random' or "
+            f"'least-likely', got {target!r}."
+        )
+
+def _attack_plan(cfg: GridConfig, host: PluginHost, name: str, params: dict[str, Any],
+                 recorded: dict[str, Any], **extra: Any) -> AttackPlan:
+    """Build the attack once (a bad value is exit 2) and plan it as it will run."""
+    base, mods = attack_base(name.rpartition("/")[2])
+    eot_samples = params.pop("eot_samples", 10 if "eot" in mods else 1)
+    if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
+        raise UsageError(f"[attack.{name}] eot_samples must be an integer >= 1, "
+                         f"got {eot_samples!r}.")
+    built = _build_checked(host, "attack", base, params)
+    spec, _ = host.resolve("attack", base)
+    return AttackPlan(
+        name=name, threat=str(getattr(built, "threat", spec.threat)),
+        kind=str(getattr(built, "kind", spec.kind)), black_box=bool(spec.black_box),
+        targeted_ok=bool(spec.targeted), is_namespace=spec.is_namespace,
+        params=recorded, base=base, bpda="bpda" in mods,
+        eot_samples=eot_samples if "eot" in mods else 1,
+        fingerprint=host.fingerprint(spec.plugin), **extra)
+
+
+def _preset_members(cfg: GridConfig, host: PluginHost, name: str,
+                    spec: Any) -> dict[str, AttackPlan]:
+    """A preset's members as attacks of their own (``PRESET/MEMBER``), each run on what
+    the one before left robust.  ``[attack.PRESET]`` parameters (``seed``) go to every
+    member; ``[attack."PRESET/MEMBER"]`` tables override a member's."""
+    shared = cfg.plugin_params("attack", name)
+    if "target" in shared:
+        raise UsageError(f"[attack.{name}] sets target, but the preset {name!r} is "
+                         f"untargeted (its apgd-t and fab-t pick their targets themselves).")
+    plans: dict[str, AttackPlan] = {}
+    prior = ""
+    for member, fixed in spec.members:
+        full = f"{name}/{member}"
+        params = {**fixed, **shared, **cfg.plugin_params("attack", full)}
+        plans[full] = _attack_plan(cfg, host, full, dict(params), dict(params), preset=name,
+                                   ensemble=tuple((m, dict(p)) for m, p in spec.members),
+                                   prior=prior)
+        prior = full
+    return plans
+
+
+def _check_defenses(cfg: GridConfig, host: PluginHost) -> dict[str, str]:
+    """Each defense's stage; a training defense with no trained model is refused."""
+    stages = {}
+    for name in cfg.defenses:
+        spec, _ = host.resolve("defense", name)
+        stages[name] = spec.stage
+    training = [n for n, s in stages.items() if s == "training"]
+    if training and not cfg.backbones:
+        raise UsageError(
+            f"Defense {training[0]!r} is adversarial training, and this grid trains no model "
+            f"(no --backbones): complete models are evaluated as they are. Use an inference "
+            f"defense (jpeg, bit-depth, random-resize-pad) or add backbones.")
+    return stages
+
+
+def _check_values(cfg: GridConfig, host: PluginHost,
+                  bundles: dict[str, DatasetBundle]) -> dict[str, AttackPlan]:
+    """Build the cheap plugins once, so a bad parameter value is exit 2, not a failed task;
+    the built attacks say which threat model they run (see ``AttackPlan``)."""
+    num_classes = bundles[cfg.dataset].num_classes
+    attacks: dict[str, AttackPlan] = {}
+    for name in cfg.attacks:
+        spec, _ = host.resolve("attack", attack_base(name)[0])
+        if spec.members:
+            attacks.update(_preset_members(cfg, host, name, spec))
+            continue
+        params = cfg.plugin_params("attack", name)
+        target = params.pop("target", None)
+        if isinstance(target, int) and not isinstance(target, bool) and \
+                target >= num_classes:
+            raise UsageError(
+                f"[attack.{name}] target = {target} is not a class of {cfg.dataset!r} "
+                f"(classes 0..{num_classes - 1})."
+            )
+        attacks[name] = _attack_plan(cfg, host, name, params,
+                                     cfg.plugin_params("attack", name))
+    for name in cfg.heads:
+        _build_checked(host, "head", name, {**cfg.plugin_params("head", name),
+                                           "num_features": 8, "num_classes": num_classes})
+    for name in cfg.adaptors:
+        _build_checked(host, "adaptor", name, {**cfg.plugin_params("adaptor", name),
+                                              "num_features": 8})
+    return attacks
+
+
+def _build_checked(host: PluginHost, kind: str, name: str, params: dict[str, Any]) -> Any:
+    try:
+        return host.build(kind, name, **params)
+    except UsageError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise UsageError(
+            f"The {kind} {name!r} refused its parameters {params!r}: {exc}."
+        ) from None

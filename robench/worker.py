@@ -1,0 +1,459 @@
+"""The worker side of the grid: the three tasks (train, clean, attack) and their context.
+
+A task is a top-level function called with keyword arguments, so the same task runs in the
+driver's process, in a worker process or on a Ray worker.  Everything a task shares with the
+other tasks of its process (the plugin host, loaded datasets, the model being evaluated, the
+attack batch sizes that fitted after an out-of-memory back-off) lives in an explicit
+:class:`WorkerContext` passed to every task: no module state is read or written.
+
+A context travels to another process as its :class:`HostRecipe` and a token; the receiving
+process rebuilds it once and reuses it for every later task of the same grid (see
+:func:`WorkerContext.__reduce__`), so a worker does not reload its dataset per task.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robench import jobs as jobs_mod
+from robench.config import GridConfig
+from robench.errors import UsageError
+from robench.evaluation import (
+    logits_of,
+    make_targets,
+    model_diagnostics,
+    run_attack_cascade,
+)
+from robench.examples import write_task_examples
+from robench.host import HostRecipe, PluginHost
+from robench.io import atomic_write_text
+from robench.memory import run_with_backoff
+from robench.models import (
+    Compiled,
+    RobenchModel,
+    count_parameters,
+    freeze,
+    with_compile,
+    with_precision,
+)
+from robench.planning import AttackPlan, ModelPlan, model_files
+from robench.specs import DatasetBundle, as_tensors
+from robench.training import TrainSettings, train_model
+
+#: examples kept per attack for the report's image strips
+EXAMPLES_PER_ATTACK = 6
+
+
+@dataclass
+class WorkerContext:
+    """What the tasks of one process share.  Build one per grid run with :meth:`create`."""
+
+    recipe: HostRecipe
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _host: PluginHost | None = field(default=None, repr=False)
+    _bundles: dict[str, DatasetBundle] = field(default_factory=dict, repr=False)
+    _models: OrderedDict[str, tuple[torch.nn.Module, dict]] = field(
+        default_factory=OrderedDict, repr=False)
+    #: per evaluated model and attack (run, key, device, precision, attack), the batch size
+    #: that fitted after an out-of-memory back-off: the attack's task on the model's other
+    #: domain starts there instead of running out of memory again.  Keyed by attack too, so
+    #: a memory-hungry attack never shrinks the batch (and so the random draws) of another
+    fitting_batch: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def create(cls, host: PluginHost) -> WorkerContext:
+        return cls(recipe=host.recipe, _host=host)
+
+    @property
+    def host(self) -> PluginHost:
+        if self._host is None:
+            self._host = self.recipe.build()
+        return self._host
+
+    def bundle(self, dataset: str, params: dict[str, Any]) -> DatasetBundle:
+        """The dataset ``dataset`` built with ``params``, loaded once per context."""
+        key = f"{dataset}:{json.dumps(params, sort_keys=True)}"
+        if key not in self._bundles:
+            self._bundles[key] = self.host.build("dataset", dataset, **params)
+        return self._bundles[key]
+
+    def dataset(self, config: GridConfig, dataset: str) -> DatasetBundle:
+        return self.bundle(dataset, config.plugin_params("dataset", dataset))
+
+    def evaluated_model(self, run_dir: str, plan: ModelPlan, key: str, device: str,
+                        precision: str = "fp32", compile_backend: str = "off"
+                        ) -> tuple[torch.nn.Module, dict]:
+        """The model ``plan`` evaluates (weights of task ``key``; a complete model as its
+        plugin loads it; inside its inference defense) at ``precision``, compiled with
+        ``compile_backend`` unless it is ``"off"``.  One model is kept at a time, which keeps
+        memory flat on big grids."""
+        cache_key = f"{run_dir}:{key}:{plan.name}:{device}:{precision}:{compile_backend}"
+        if cache_key not in self._models:
+            evicted = [m for m, _ in self._models.values()]
+            self._models.clear()
+            if compile_backend != "off" or any(isinstance(m, Compiled) for m in evicted):
+                # dynamo keeps compiled graphs per forward *function*, not per model, and past
+                # its recompile limit (8) it silently runs eager: without a reset, the later
+                # models of a grid would not be compiled at all
+                torch.compiler.reset()
+            meta = json.loads((Path(run_dir) / model_files(key)[1]).read_text())
+            model = load_trained(Path(run_dir), meta, device, self.host)
+            if plan.defense_stage == "inference":
+                model = defended(self.host, plan, model).to(device)
+            model = with_precision(model, precision, device)
+            self._models[cache_key] = (with_compile(model, compile_backend), meta)
+        return self._models[cache_key]
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # caches and the host stay behind; the receiving process reuses its own copy
+        return _context_in_this_process, (self.recipe, self.token)
+
+
+#: the contexts this process received from a driver, by token (two at most: one grid
+#: at a time, plus one being replaced); a worker rebuilds its host and datasets once per grid
+_RECEIVED: OrderedDict[str, WorkerContext] = OrderedDict()
+
+
+def _context_in_this_process(recipe: HostRecipe, token: str) -> WorkerContext:
+    if token not in _RECEIVED:
+        _RECEIVED[token] = WorkerContext(recipe=recipe, token=token)
+        while len(_RECEIVED) > 2:
+            _RECEIVED.popitem(last=False)
+    return _RECEIVED[token]
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_model(host: PluginHost, plan: ModelPlan, *, image_size: int, in_chans: int,
+                num_classes: int) -> RobenchModel:
+    backbone = host.build("backbone", plan.backbone, image_size=image_size,
+                          in_chans=in_chans, **plan.backbone_params)
+    num_features = int(getattr(backbone, "num_features", 0))
+    if num_features <= 0:
+        raise RuntimeError(f"backbone {plan.backbone!r} has no positive num_features attribute")
+    head = host.build("head", plan.head, num_features=num_features,
+                      num_classes=num_classes, **plan.head_params)
+    return RobenchModel(backbone, head, in_chans=in_chans)
+
+
+def load_trained(run_dir: Path, meta: dict[str, Any], device: str,
+                 host: PluginHost) -> torch.nn.Module:
+    """The model described by ``meta`` (a ``models/<key>.json``), frozen, eval mode: trained
+    weights read back, or a complete model loaded by its plugin."""
+    from safetensors.torch import load_file
+
+    if meta.get("complete"):
+        module = load_complete(host, ModelPlan(**meta["plan"]), num_classes=meta["num_classes"],
+                               class_names=meta["class_names"], image_size=meta["image_size"],
+                               in_chans=meta["in_chans"], dataset=meta["dataset"])[0]
+        return freeze(module).to(device)
+    model = build_model(host, ModelPlan(**meta["plan"]), image_size=meta["image_size"],
+                        in_chans=meta["in_chans"], num_classes=meta["num_classes"])
+    model.load_state_dict(load_file(str(run_dir / model_files(meta["key"])[0])))
+    # channels_last: +11-25% for convolutions on this CPU (DESIGN.md) and more on GPUs
+    return freeze(model).to(device).to(memory_format=torch.channels_last)
+
+
+def load_complete(host: PluginHost, plan: ModelPlan, *, num_classes: int,
+                  class_names: list[str], image_size: int, in_chans: int,
+                  dataset: str) -> tuple[torch.nn.Module, Any]:
+    """A complete classifier built by its plugin and fitted to the dataset (its classes in
+    the dataset's order, normalisation inside); ``UsageError`` when it cannot fit."""
+    from robench.classifiers import fit_to_dataset
+
+    classifier = host.build("model", plan.model, **plan.model_params)
+    module = fit_to_dataset(classifier, model_name=plan.model, dataset=dataset,
+                            num_classes=num_classes, class_names=class_names,
+                            image_size=image_size, in_chans=in_chans)
+    return module, classifier
+
+
+def defended(host: PluginHost, plan: ModelPlan, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` inside the inference defense of ``plan``."""
+    return host.build("defense", plan.defense, model=model, **plan.defense_params)
+
+
+def eval_subset(bundle: DatasetBundle, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed, reproducible subset of the test split (the same for every seed)."""
+    x, y = as_tensors(bundle.test)
+    if limit is not None and limit < len(y):
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:limit]
+        order, _ = order.sort()
+        x, y = x[order], y[order]
+    return x, y
+
+
+def subset_hash(x: torch.Tensor, y: torch.Tensor) -> str:
+    """sha256 of an evaluated subset: its images as 8-bit pixels and its labels."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update((x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy().tobytes())
+    digest.update(y.cpu().numpy().astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def pack_mask(mask: torch.Tensor) -> str:
+    return np.packbits(mask.cpu().numpy().astype(np.uint8)).tobytes().hex()
+
+
+def unpack_mask(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def train_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
+               plan: dict[str, Any], key: str, device: str) -> dict[str, Any]:
+    """Build, train and save one model.  Returns what the store records."""
+    cfg = GridConfig(**config)
+    model_plan = ModelPlan(**plan)
+    host = context.host
+    source = context.dataset(cfg, cfg.dataset)
+    torch.manual_seed(cfg.seed)
+    model = build_model(host, model_plan, image_size=source.image_size,
+                        in_chans=source.in_chans, num_classes=source.num_classes)
+    spec, _ = host.resolve("adaptor", model_plan.adaptor)
+    adaptor = host.build("adaptor", model_plan.adaptor,
+                         num_features=int(model.backbone.num_features),
+                         **model_plan.adaptor_params)
+    target_images = None
+    if spec.uses_target:
+        target_images, _ = as_tensors(context.dataset(cfg, cfg.target).train)
+    defense = None
+    if model_plan.defense_stage == "training":
+        defense = host.build(
+            "defense", model_plan.defense, **model_plan.defense_params,
+            build_attack=lambda name, params: host.build("attack", name, **params))
+    settings = TrainSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                             weight_decay=cfg.weight_decay, seed=cfg.seed,
+                             precision=cfg.precision, lr_schedule=cfg.lr_schedule)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    initial_adaptor = {k: v.clone() for k, v in adaptor.state_dict().items()}
+
+    def train(batch_size: int):
+        model.load_state_dict(initial)  # a retry starts from the same initial weights
+        adaptor.load_state_dict(initial_adaptor)
+        return train_model(
+            model, as_tensors(source.train), settings=replace(settings, batch_size=batch_size),
+            adaptor=adaptor, target_images=target_images, device=device, defense=defense,
+            on_step=lambda done, total: jobs_mod.report_progress(
+                f"train {model_plan.name}", done, total),
+        )
+
+    report, batch_used = run_with_backoff(train, settings.batch_size)
+    from safetensors.torch import save_file
+
+    weights, meta_file = (Path(run_dir) / f for f in model_files(key))
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights))
+    meta = {
+        "plan": plan, "key": key, "dataset": cfg.dataset, "num_classes": source.num_classes,
+        "image_size": source.image_size, "in_chans": source.in_chans,
+        "class_names": [str(c) for c in source.class_names],
+    }
+    atomic_write_text(meta_file, json.dumps(meta, indent=2))
+    return {
+        "model_file": model_files(key)[0], "train_seconds": report.seconds,
+        "params": count_parameters(model), "train_acc": report.train_acc,
+        "final_loss": report.final_loss, "steps": report.steps, "metrics": report.metrics,
+        "batch_size": batch_used,
+    }
+
+
+def load_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
+              plan: dict[str, Any], key: str, device: str) -> dict[str, Any]:
+    """For a complete model: load it once, check that it fits the data, record what it is.
+    Its evaluations load it again from the same plugin (nothing is trained or saved)."""
+    cfg = GridConfig(**config)
+    model_plan = ModelPlan(**plan)
+    source = context.dataset(cfg, cfg.dataset)
+    class_names = [str(c) for c in source.class_names]
+    start = time.perf_counter()
+    module, classifier = load_complete(
+        context.host, model_plan, num_classes=source.num_classes, class_names=class_names,
+        image_size=source.image_size, in_chans=source.in_chans, dataset=cfg.dataset)
+    meta = {
+        "plan": plan, "key": key, "complete": True, "dataset": cfg.dataset,
+        "num_classes": source.num_classes, "image_size": source.image_size,
+        "in_chans": source.in_chans, "class_names": class_names,
+        "info": {str(k): str(v) for k, v in (classifier.info or {}).items()},
+    }
+    meta_file = Path(run_dir) / model_files(key)[1]
+    meta_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(meta_file, json.dumps(meta, indent=2))
+    return {"train_seconds": 0.0, "load_seconds": time.perf_counter() - start,
+            "params": count_parameters(module), "info": meta["info"]}
+
+
+def _evaluation_inputs(context: WorkerContext, run_dir: str, config: dict[str, Any],
+                       plan: dict[str, Any], model_key: str, dataset: str, device: str
+                       ) -> tuple[GridConfig, torch.nn.Module, dict[str, Any], DatasetBundle,
+                                  torch.Tensor, torch.Tensor]:
+    """What an evaluation task starts from: the config, the evaluated model and its metadata,
+    the dataset, and its evaluated subset (``limit`` test images) on the device."""
+    cfg = GridConfig(**config)
+    model, meta = context.evaluated_model(run_dir, ModelPlan(**plan), model_key, device,
+                                          cfg.precision, cfg.compile)
+    bundle = context.dataset(cfg, dataset)
+    x, y = eval_subset(bundle, cfg.limit)
+    return cfg, model, meta, bundle, x.to(device), y.to(device)
+
+
+def clean_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any], key: str,
+               plan: dict[str, Any], model_key: str, dataset: str, device: str,
+               with_class_images: bool = True) -> dict[str, Any]:
+    """Clean accuracy, model diagnostics and class-maximisation images for one domain."""
+    cfg, model, _meta, bundle, x, y = _evaluation_inputs(context, run_dir, config, plan,
+                                                         model_key, dataset, device)
+    start = time.perf_counter()
+    logits = logits_of(model, x, batch_size=cfg.eval_batch_size)
+    correct = logits.argmax(1) == y
+    seconds = time.perf_counter() - start
+    diag = model_diagnostics(model, x, y, num_classes=bundle.num_classes,
+                             batch_size=cfg.eval_batch_size)
+    alignment = None
+    if with_class_images:  # what the model "sees" as each class, and whether it looks so
+        from robench.visualize import class_images, perceptual_alignment
+
+        pictures = class_images(model, num_classes=bundle.num_classes, shape=tuple(x.shape[1:]),
+                                seed=cfg.seed, device=device)
+        write_task_examples(run_dir, key, class_images=pictures)
+        train_x, train_y = as_tensors(bundle.train)
+        alignment = perceptual_alignment(pictures, torch.arange(bundle.num_classes), train_x,
+                                         train_y, bundle.num_classes)
+    return {
+        "n": len(y), "clean_acc": int(correct.sum()) / len(y), "correct": pack_mask(correct),
+        "seconds": seconds, "diagnostics": diag, "num_classes": bundle.num_classes,
+        "class_images": bool(with_class_images), "perceptual_alignment": alignment,
+    }
+
+
+def masks_file(run_dir: str | Path, key: str) -> Path:
+    """Where a preset member's task keeps its per-eps robust masks for the next member."""
+    return Path(run_dir) / "masks" / f"{key}.npz"
+
+
+def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any], key: str,
+                plan: dict[str, Any], model_key: str, dataset: str, attack: dict[str, Any],
+                device: str, prior_key: str = "") -> dict[str, Any]:
+    """One attack on one model and domain over the whole eps list of its threat model.
+
+    With ``prior_key`` (a preset's member after the first), only the samples that the
+    member before left robust at each eps are attacked: the rows are cumulative."""
+    cfg, model, _meta, bundle, x, y = _evaluation_inputs(context, run_dir, config, plan,
+                                                         model_key, dataset, device)
+    model_name = plan["name"]
+    plan = AttackPlan(**attack)  # from here on, the attack's plan
+    params = dict(plan.params)
+    target_mode = params.pop("target", None)
+    params.pop("eot_samples", None)
+    attack_obj = context.host.build("attack", plan.base or plan.name, **params)
+    logits = logits_of(model, x, batch_size=cfg.eval_batch_size)
+    correct = logits.argmax(1) == y
+    target = None
+    attackable = None
+    if target_mode is not None:
+        target = make_targets(target_mode, y, logits, num_classes=bundle.num_classes,
+                              seed=cfg.seed)
+        # a sample whose label is the target cannot be pushed "into" it: it is not attacked
+        # and keeps its clean outcome
+        attackable = target != y
+    eps_list = cfg.eps_values(plan.threat)
+    start_robust = None
+    if prior_key:
+        with np.load(masks_file(run_dir, prior_key), allow_pickle=False) as data:
+            start_robust = {float(e): torch.from_numpy(m).to(device)
+                            for e, m in zip(data["eps"], data["robust"], strict=True)}
+    fitting_key = f"{run_dir}:{model_key}:{device}:{cfg.precision}:{plan.name}"
+    start_batch = min(cfg.eval_batch_size,
+                      context.fitting_batch.get(fitting_key, cfg.eval_batch_size))
+    batches = max(1, -(-int(correct.sum()) // start_batch)) * (
+        1 if plan.kind == "minimal" else len(eps_list))
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        jobs_mod.report_progress(f"{plan.name} on {model_name}", done[0], batches)
+
+    from robench.defenses import bpda, eot
+
+    # what the attack differentiates: the model itself, or its average over random draws
+    # (EOT); BPDA changes only the backward of inference defenses, so verification (forward
+    # passes of ``model``) is untouched
+    attacked = eot(model, plan.eot_samples) if plan.eot_samples > 1 else model
+    with bpda(model, enabled=plan.bpda):
+        outcomes, batch_used = run_with_backoff(
+            lambda size: run_attack_cascade(
+                attack_obj, model, x, y, correct, threat=plan.threat, kind=plan.kind,
+                eps_list=eps_list, target=target, attackable=attackable, batch_size=size,
+                seed=cfg.seed, keep_examples=EXAMPLES_PER_ATTACK, on_batch=tick,
+                nested=plan.threat not in ("corruption", "none"), attack_model=attacked,
+                start_robust=start_robust),
+            start_batch,
+        )
+    if batch_used < start_batch:
+        context.fitting_batch[fitting_key] = batch_used
+    chosen: dict[int, tuple[float, torch.Tensor]] = {}
+    for outcome in outcomes:
+        for index, adv in outcome.adversarial.items():
+            if len(chosen) < EXAMPLES_PER_ATTACK and index not in chosen:
+                chosen[index] = (outcome.eps, adv)
+    if chosen:  # what the report shows: clean and adversarial images, both predictions
+        index = sorted(chosen)
+        adv = torch.stack([chosen[i][1] for i in index]).to(device)
+        with torch.no_grad():
+            pred_adv = model(adv).argmax(1)
+        write_task_examples(
+            run_dir, key, attack=plan.name, threat=plan.threat,
+            eps=max(chosen[i][0] for i in index), images_clean=x[index], images_adv=adv,
+            labels=y[index], pred_clean=logits[index].argmax(1), pred_adv=pred_adv)
+    else:  # the file exists either way: executors ship it back as the task's product
+        write_task_examples(run_dir, key, attack=plan.name, threat=plan.threat)
+    if plan.preset:  # the next member starts from these
+        from robench.io import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, eps=np.array([o.eps for o in outcomes]),
+                            robust=np.stack([o.robust.cpu().numpy() for o in outcomes]))
+        atomic_write_bytes(masks_file(run_dir, key), buffer.getvalue())
+    labels = cfg.eps_labels(plan.threat)
+    return {
+        "threat": plan.threat, "kind": plan.kind, "black_box": plan.black_box,
+        "targeted": target_mode is not None, "target": str(target_mode or ""),
+        "n": len(y), "clean_acc": int(correct.sum()) / len(y),
+        "attack_params": getattr(attack_obj, "params", params),
+        "examples": len(chosen), "batch_size": batch_used,
+        "outcomes": [{
+            "eps": o.eps, "eps_label": labels.get(o.eps, f"{o.eps:g}"),
+            "robust": pack_mask(o.robust), "robust_acc": int(o.robust.sum()) / len(y),
+            "n_robust": int(o.robust.sum()), "n_invalid": o.n_invalid,
+            "grad_evals": o.grad_evals, "queries": o.queries, "seconds": o.seconds,
+            "reasons": dict(o.reasons),
+        } for o in outcomes],
+    }
+
+
+def attack_plan_dict(plan: AttackPlan) -> dict[str, Any]:
+    return asdict(plan)
+
+
+def check_loadable(run_dir: Path) -> list[dict[str, Any]]:
+    """The metadata of every model trained in ``run_dir`` (``UsageError`` when none)."""
+    models_dir = run_dir / "models"
+    if not models_dir.is_dir():
+        raise UsageError(f"{str(run_dir)!r} holds no trained models (no models/ folder).")
+    return [json.loads(p.read_text()) for p in sorted(models_dir.glob("*.json"))]
