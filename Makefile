@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # e.g. make TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup grid test test-fast bench lint clean
+.PHONY: setup grid sample test test-fast bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ setup: $(VENV)/.installed
 
 grid: setup
 	$(VENV)/bin/robench grid
+
+# regenerate the committed sample runs (samples/default, samples/robust-mnist) from scratch
+sample: setup
+	$(VENV)/bin/robench grid --out samples --fresh
+	$(VENV)/bin/robench grid examples/robust-mnist.toml --out samples --fresh
 
 test: setup
 	$(PY) -m pytest -q

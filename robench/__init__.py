@@ -8,6 +8,7 @@ from robench.errors import PluginError, RobenchError, UnknownNameError, UsageErr
 from robench.hookspecs import hookimpl, hookspec
 from robench.host import PluginHost, build_plugin_manager
 from robench.jobs import Job, JobOutcome
+from robench.lazy import lazy
 from robench.specs import (
     THREATS,
     AdaptorSpec,
@@ -90,6 +91,7 @@ __all__ = [
     "build_plugin_manager",
     "hookimpl",
     "hookspec",
+    "lazy",
     "load_backbone_weights",
     "load_config",
     "load_model",

@@ -71,7 +71,8 @@ class GridConfig:
     #: defenses: ``none``, training defenses (``pgd-at``, ...) composed with every trained
     #: combination, inference defenses (``jpeg``, ...) wrapped around every evaluated model
     defenses: list[str] = field(default_factory=lambda: ["none"])
-    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd", "noise"])
+    attacks: list[str] = field(
+        default_factory=lambda: ["fgsm", "pgd", "noise", "autoattack-fast"])
     eps: dict[str, list[str]] = field(default_factory=dict)
     reporters: list[str] = field(default_factory=lambda: ["csv", "md", "html", "json"])
     limit: int | None = 300

@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from robench import examples as examples_mod
 from robench.config import GridConfig
+from robench.context import WorkerContext
 from robench.errors import UsageError, closest
 from robench.host import PluginHost
 from robench.io import atomic_write_text
@@ -37,6 +36,7 @@ from robench.planning import (
     attack_key,
     clean_key,
     domains,
+    masks_file,
     model_files,
     model_key,
     model_plans,
@@ -44,23 +44,47 @@ from robench.planning import (
 )
 from robench.progress import ProgressDisplay
 from robench.store import Store
-from robench.tabulate import tabulate
 from robench.validation import ValidGrid, fingerprints, validate
 from robench.version import __version__
-from robench.worker import (
-    WorkerContext,
-    attack_task,
-    check_loadable,
-    clean_task,
-    load_task,
-    load_trained,
-    masks_file,
-    train_task,
-)
+
+if TYPE_CHECKING:  # pragma: no cover - pandas and torch load only when a grid runs
+    import pandas as pd
+
+
+# The tasks, as top-level functions importing the worker (and so torch) only when one runs:
+# building and validating a grid, and refusing bad input, stay fast.
+
+
+def train_task(**kwargs: Any) -> dict[str, Any]:
+    from robench.worker import train_task as task
+
+    return task(**kwargs)
+
+
+def load_task(**kwargs: Any) -> dict[str, Any]:
+    from robench.worker import load_task as task
+
+    return task(**kwargs)
+
+
+def clean_task(**kwargs: Any) -> dict[str, Any]:
+    from robench.worker import clean_task as task
+
+    return task(**kwargs)
+
+
+def attack_task(**kwargs: Any) -> dict[str, Any]:
+    from robench.worker import attack_task as task
+
+    return task(**kwargs)
+
+
+
 
 
 def versions() -> dict[str, str]:
     import numpy as np
+    import pandas as pd
     import torch
 
     out = {"robench": __version__, "torch": torch.__version__,
@@ -253,7 +277,8 @@ class Grid:
 
     def results(self) -> pd.DataFrame:
         """The results table, derived from the store alone."""
-        assert self.valid is not None and self.store is not None
+        from robench.tabulate import tabulate
+
         table = tabulate(self.config, self.store, self.plans, self.train_keys,
                          self.model_keys, self.valid.attacks, self.device)
         self.diagnostics = table.diagnostics
@@ -365,6 +390,8 @@ def run_grid(config: GridConfig | dict[str, Any] | None = None, *,
 def load_model(run_dir: str | Path, model: str, *, device: str = "cpu",
                host: PluginHost | None = None) -> Any:
     """The exact model a run evaluated: eval mode, images in [0, 1] -> logits."""
+    from robench.worker import check_loadable, load_trained
+
     run_dir = Path(run_dir)
     named = {m["plan"]["name"]: m for m in check_loadable(run_dir)}
     if model not in named:

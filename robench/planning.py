@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from robench.config import GridConfig
@@ -227,6 +228,11 @@ def attack_key(config: GridConfig, attack: AttackPlan, model_key: str, domain: s
         "eval_batch_size": config.eval_batch_size, "precision": config.precision,
         **({"plugin": attack.fingerprint} if attack.fingerprint else {}),
     })
+
+
+def masks_file(run_dir: str | Path, key: str) -> Path:
+    """Where a preset member's task keeps its per-eps robust masks for the next member."""
+    return Path(run_dir) / "masks" / f"{key}.npz"
 
 
 def model_files(key: str) -> tuple[str, str]:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from robench.errors import UsageError
 
 SCHEMA_VERSION = 1
@@ -84,3 +86,17 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def pack_mask(mask: Any) -> str:
+    """A bool tensor (or array) packed 8 per byte, as hex text for the store."""
+    array = mask.cpu().numpy() if hasattr(mask, "cpu") else np.asarray(mask)
+    return np.packbits(array.astype(np.uint8)).tobytes().hex()
+
+
+def unpack_mask(text: str, n: int) -> np.ndarray:
+    """The ``n`` bools that :func:`pack_mask` packed."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)

@@ -22,8 +22,7 @@ from robench.config import GridConfig
 from robench.flags import add_flags
 from robench.planning import AttackPlan, ModelPlan, attack_key, clean_key, domains
 from robench.results import coerce_results
-from robench.store import Store
-from robench.worker import unpack_mask
+from robench.store import Store, unpack_mask
 
 
 @dataclass

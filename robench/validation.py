@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from robench.config import PARAM_TABLES, GridConfig
+from robench.context import WorkerContext
 from robench.errors import UsageError
 from robench.host import PluginHost, check_params
 from robench.planning import AttackPlan, domains
 from robench.specs import DatasetBundle
-from robench.worker import WorkerContext
 
 #: parameters the harness passes to factories of each kind (placeholder values for checks)
 HARNESS_PARAMS: dict[str, dict[str, int]] = {
@@ -103,6 +103,11 @@ def validate(config: GridConfig, context: WorkerContext) -> ValidGrid:
         "model": cfg.models, "defense": cfg.defenses,
         "attack": cfg.attacks, "reporter": cfg.reporters, "executor": [cfg.executor],
     }
+    # every name first (cheap: no plugin code is imported), then every parameter (reads
+    # the factories' signatures, which imports them): a mistyped name answers at once
+    for kind, names in names_by_kind.items():
+        for name in names:
+            host.resolve(kind, attack_base(name)[0] if kind == "attack" else name)
     for kind, names in names_by_kind.items():
         for name in names:
             plugin_name = attack_base(name)[0] if kind == "attack" else name

@@ -16,9 +16,7 @@ from __future__ import annotations
 import io
 import json
 import time
-import uuid
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import torch
 
 from robench import jobs as jobs_mod
 from robench.config import GridConfig
+from robench.context import WorkerContext
 from robench.errors import UsageError
 from robench.evaluation import (
     logits_of,
@@ -35,101 +34,21 @@ from robench.evaluation import (
     run_attack_cascade,
 )
 from robench.examples import write_task_examples
-from robench.host import HostRecipe, PluginHost
+from robench.host import PluginHost
 from robench.io import atomic_write_text
 from robench.memory import run_with_backoff
 from robench.models import (
-    Compiled,
     RobenchModel,
     count_parameters,
     freeze,
-    with_compile,
-    with_precision,
 )
-from robench.planning import AttackPlan, ModelPlan, model_files
+from robench.planning import AttackPlan, ModelPlan, masks_file, model_files
 from robench.specs import DatasetBundle, as_tensors
+from robench.store import pack_mask
 from robench.training import TrainSettings, train_model
 
 #: examples kept per attack for the report's image strips
 EXAMPLES_PER_ATTACK = 6
-
-
-@dataclass
-class WorkerContext:
-    """What the tasks of one process share.  Build one per grid run with :meth:`create`."""
-
-    recipe: HostRecipe
-    token: str = field(default_factory=lambda: uuid.uuid4().hex)
-    _host: PluginHost | None = field(default=None, repr=False)
-    _bundles: dict[str, DatasetBundle] = field(default_factory=dict, repr=False)
-    _models: OrderedDict[str, tuple[torch.nn.Module, dict]] = field(
-        default_factory=OrderedDict, repr=False)
-    #: per evaluated model and attack (run, key, device, precision, attack), the batch size
-    #: that fitted after an out-of-memory back-off: the attack's task on the model's other
-    #: domain starts there instead of running out of memory again.  Keyed by attack too, so
-    #: a memory-hungry attack never shrinks the batch (and so the random draws) of another
-    fitting_batch: dict[str, int] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def create(cls, host: PluginHost) -> WorkerContext:
-        return cls(recipe=host.recipe, _host=host)
-
-    @property
-    def host(self) -> PluginHost:
-        if self._host is None:
-            self._host = self.recipe.build()
-        return self._host
-
-    def bundle(self, dataset: str, params: dict[str, Any]) -> DatasetBundle:
-        """The dataset ``dataset`` built with ``params``, loaded once per context."""
-        key = f"{dataset}:{json.dumps(params, sort_keys=True)}"
-        if key not in self._bundles:
-            self._bundles[key] = self.host.build("dataset", dataset, **params)
-        return self._bundles[key]
-
-    def dataset(self, config: GridConfig, dataset: str) -> DatasetBundle:
-        return self.bundle(dataset, config.plugin_params("dataset", dataset))
-
-    def evaluated_model(self, run_dir: str, plan: ModelPlan, key: str, device: str,
-                        precision: str = "fp32", compile_backend: str = "off"
-                        ) -> tuple[torch.nn.Module, dict]:
-        """The model ``plan`` evaluates (weights of task ``key``; a complete model as its
-        plugin loads it; inside its inference defense) at ``precision``, compiled with
-        ``compile_backend`` unless it is ``"off"``.  One model is kept at a time, which keeps
-        memory flat on big grids."""
-        cache_key = f"{run_dir}:{key}:{plan.name}:{device}:{precision}:{compile_backend}"
-        if cache_key not in self._models:
-            evicted = [m for m, _ in self._models.values()]
-            self._models.clear()
-            if compile_backend != "off" or any(isinstance(m, Compiled) for m in evicted):
-                # dynamo keeps compiled graphs per forward *function*, not per model, and past
-                # its recompile limit (8) it silently runs eager: without a reset, the later
-                # models of a grid would not be compiled at all
-                torch.compiler.reset()
-            meta = json.loads((Path(run_dir) / model_files(key)[1]).read_text())
-            model = load_trained(Path(run_dir), meta, device, self.host)
-            if plan.defense_stage == "inference":
-                model = defended(self.host, plan, model).to(device)
-            model = with_precision(model, precision, device)
-            self._models[cache_key] = (with_compile(model, compile_backend), meta)
-        return self._models[cache_key]
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # caches and the host stay behind; the receiving process reuses its own copy
-        return _context_in_this_process, (self.recipe, self.token)
-
-
-#: the contexts this process received from a driver, by token (two at most: one grid
-#: at a time, plus one being replaced); a worker rebuilds its host and datasets once per grid
-_RECEIVED: OrderedDict[str, WorkerContext] = OrderedDict()
-
-
-def _context_in_this_process(recipe: HostRecipe, token: str) -> WorkerContext:
-    if token not in _RECEIVED:
-        _RECEIVED[token] = WorkerContext(recipe=recipe, token=token)
-        while len(_RECEIVED) > 2:
-            _RECEIVED.popitem(last=False)
-    return _RECEIVED[token]
 
 
 # --------------------------------------------------------------------------- models
@@ -202,14 +121,6 @@ def subset_hash(x: torch.Tensor, y: torch.Tensor) -> str:
     digest.update((x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy().tobytes())
     digest.update(y.cpu().numpy().astype(np.int64).tobytes())
     return digest.hexdigest()
-
-
-def pack_mask(mask: torch.Tensor) -> str:
-    return np.packbits(mask.cpu().numpy().astype(np.uint8)).tobytes().hex()
-
-
-def unpack_mask(text: str, n: int) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -340,11 +251,6 @@ def clean_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any], 
         "seconds": seconds, "diagnostics": diag, "num_classes": bundle.num_classes,
         "class_images": bool(with_class_images), "perceptual_alignment": alignment,
     }
-
-
-def masks_file(run_dir: str | Path, key: str) -> Path:
-    """Where a preset member's task keeps its per-eps robust masks for the next member."""
-    return Path(run_dir) / "masks" / f"{key}.npz"
 
 
 def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any], key: str,

@@ -433,10 +433,10 @@ def test_relative_links_resolve(path):
         file_part, _, anchor = target.partition("#")
         resolved = (path.parent / file_part).resolve() if file_part else path
         if not resolved.exists():
-            # The README shows the committed sample run (reports/default/...) and a
+            # The README shows the committed sample run (samples/default/...) and a
             # screenshot of its HTML leaderboard (docs/leaderboard.png); both are produced
             # by running `make grid` and committing its output, so they may not exist yet.
-            produced_by_sample_run = (ROOT / "reports") in resolved.parents or (
+            produced_by_sample_run = (ROOT / "samples") in resolved.parents or (
                 resolved.suffix == ".png")
             if produced_by_sample_run:
                 continue

@@ -100,7 +100,8 @@ def test_evaluate_an_in_memory_model_equals_the_same_model_through_py(trained_pa
     through_py = robench.run_grid({
         "name": "py", "out": str(tmp_path), "dataset": "mnist", "models": [name],
         "attacks": ATTACKS, "eps": EPS, "limit": 120, "reporters": ["csv"],
-        "model": {name: {"path": str(root / "weights.safetensors")}}, "data": {"mnist": MNIST},
+        "model": {name: {"path": str(root / "weights.safetensors"), "num_classes": 10}},
+        "data": {"mnist": MNIST},
     })
     assert set(through_py.model) == {name}
     assert (through_py.backbone.fillna("") == "").all()
@@ -152,7 +153,8 @@ def test_two_complete_models_and_a_trained_one_share_one_leaderboard(trained_pac
         "name": "mixed", "out": str(tmp_path), "dataset": "mnist", "target": "none",
         "models": [py_name, file_name], "backbones": ["digits-cnn"], "adaptors": ["none"],
         "epochs": 1, "attacks": ["fgsm"], "eps": {"linf": ["0.1"]}, "limit": 100,
-        "model": {py_name: {"path": str(root / "weights.safetensors")}},
+        "model": {py_name: {"path": str(root / "weights.safetensors"), "num_classes": 10},
+                  file_name: {"num_classes": 10, "image_size": 28, "in_chans": 1}},
         "data": {"mnist": MNIST}, "reporters": ["csv", "html"],
     })
     assert set(results.model) == {py_name, file_name, "digits-cnn+linear+none"}

@@ -24,10 +24,10 @@ Presets (linf; AutoAttack's settings, Croce & Hein 2020):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
+if TYPE_CHECKING:  # torch is imported when an ensemble runs, not when presets are listed
+    from torch import Tensor, nn
 
 #: preset -> (member attack, its fixed parameters), in the order they run
 PRESETS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
@@ -80,6 +80,8 @@ class Ensemble:
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: float | None,
                 target: Tensor | None = None) -> Tensor:
+        import torch
+
         if target is not None:
             raise ValueError(f"attack {self.name!r} is untargeted")
         x_adv = x.clone()

@@ -53,7 +53,7 @@ def ray_executor(
 
 @robench.hookimpl
 def robench_register_executors() -> list[robench.ExecutorSpec]:
-    return [robench.ExecutorSpec(supports_dependencies=True, 
+    return [robench.ExecutorSpec(supports_dependencies=True,
         name="ray", factory=ray_executor,
         description="run training and attack jobs as Ray tasks, on a local Ray instance or a "
                     "cluster ([executor.ray] address = ...); needs `pip install robench[ray]`",

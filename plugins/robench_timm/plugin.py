@@ -10,11 +10,12 @@ mean and std that the harness applies inside the evaluated model.
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 import robench
+
+if TYPE_CHECKING:  # torch and timm are imported when a backbone is built, not when listed
+    from torch import nn
 
 
 def check_timm_name(name: str) -> None:

@@ -19,7 +19,8 @@ import robench
 
 LINF_EPS = (0.05, 0.08)
 NATIVE = ["fgsm", "pgd", "pgd-l2", "pgd-l1", "apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t",
-          "deepfool", "cw-l2",
+          "deepfool", "cw-l2", "autoattack", "autoattack-plus", "autoattack-rand",
+          "autoattack-fast",
           "square", "noise", "gaussian-noise", "gaussian-blur", "contrast", "brightness",
           "jpeg"]
 #: budgets small enough for a contract check on 32 images
