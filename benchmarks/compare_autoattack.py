@@ -191,12 +191,24 @@ def reference(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 
 def robench_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str,
                    attack_params: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """One attack (or preset) through ``robench.evaluate``; rows, masks and wall time."""
+    """One attack (or preset) through ``robench.evaluate``; rows, masks and wall time.
+
+    The images go in as tensors, ``(x, y)``.  When ``y`` lacks a class, robench's clean task
+    fails (its perceptual-alignment score needs a training image of every class, and an
+    in-memory dataset's training split is the tensors themselves), and the grid then stops with
+    ``KeyError('clean_acc')``; such a subset (small N) is passed by name instead, ``"mnist"``
+    with ``limit = N``: the same images, ``eval_subset(bundle, N)``."""
+    if len(torch.unique(y)) == 10:
+        dataset: Any = (x, y)
+        route = {"limit": None, "num_classes": 10}
+    else:
+        dataset = "mnist"
+        route = {"limit": len(y), "dataset_params": DATA}
     with tempfile.TemporaryDirectory(prefix="aa-bench-") as tmp:
         start = time.perf_counter()
-        rows = robench.evaluate(model, (x, y), attacks=[attack], eps={"linf": [EPS_LABEL]},
-                                limit=None, num_classes=10, out=tmp, name="eval",
-                                device="cpu", reporters=("csv",), attack_params=attack_params)
+        rows = robench.evaluate(model, dataset, attacks=[attack], eps={"linf": [EPS_LABEL]},
+                                out=tmp, name="eval", device="cpu", reporters=("csv",),
+                                attack_params=attack_params, **route)
         seconds = time.perf_counter() - start
         db = sqlite3.connect(Path(tmp) / "eval" / "results.sqlite")
         try:
@@ -226,7 +238,8 @@ def robench_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, att
     return {"rows": members, "robust_acc": robust_acc,
             "last_member_robust_acc": float(last["robust_acc"]),
             "clean_acc": float(last["clean_acc"]), "seconds": seconds,
-            "masks": masks, "status": sorted(set(rows["status"]))}
+            "masks": masks, "status": sorted(set(rows["status"])),
+            "route": "tensors" if isinstance(dataset, tuple) else "dataset mnist, limit N"}
 
 
 def ensemble_mask(result: dict[str, Any]) -> torch.Tensor:
@@ -245,16 +258,28 @@ def ensemble_mask(result: dict[str, Any]) -> torch.Tensor:
 
 def attribute(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
               indices: list[int]) -> list[dict[str, Any]]:
-    """Each member alone, on both sides, on the given samples: who fools which sample."""
+    """Each member alone, on both sides, on the given samples: who fools which sample.
+
+    Reference members: a custom AutoAttack with that one attack (its standard settings).
+    robench members: built through the plugin host with the preset's parameters and run on
+    the samples directly (``perturb``, torch seeded with 0), each example checked here: in the
+    ball, in [0, 1], misclassified.  (Not through ``robench.evaluate``: a handful of samples
+    lacks classes, see :func:`robench_attack`.)"""
     if not indices:
         return []
     xs, ys = x[indices], y[indices]
+    host = robench.PluginHost.create()
     ref, ours = {}, {}
     for member in REFERENCE_MEMBERS:
         ref[member] = reference(model, xs, ys, attacks=[member])["robust"]
-        params = {member: ROBENCH_MEMBERS[member]} if ROBENCH_MEMBERS[member] else None
-        result = robench_attack(model, xs, ys, member, params)
-        ours[member] = ensemble_mask(result)
+        attack = host.build("attack", member, **ROBENCH_MEMBERS[member])
+        torch.manual_seed(0)
+        adv = attack.perturb(model, xs, ys, EPS)
+        with torch.no_grad():
+            wrong = model(adv).argmax(1) != ys
+        valid = ((adv - xs).abs().flatten(1).amax(1) <= EPS * (1 + 1e-5)) & (
+            adv.flatten(1).amin(1) >= 0) & (adv.flatten(1).amax(1) <= 1)
+        ours[member] = ~(wrong & valid)
     with torch.no_grad():
         logits = model(xs)
     top2 = logits.topk(2, dim=1).values
@@ -300,6 +325,13 @@ def main() -> None:
                                         at_steps=args.at_steps, n=args.n)
     report["load_after_training"] = load()
     torch.set_num_threads(1)
+    same_name = [p.stem for p in sorted((run_dir / "models").glob("*.json"))
+                 if json.loads(p.read_text()).get("plan", {}).get("name") == MODEL]
+    report["training"]["model_keys"] = same_name
+    if len(same_name) > 1:  # load_model picks one of them by name, silently
+        print(f"warning: {run_dir} holds {len(same_name)} models named {MODEL} "
+              f"({', '.join(same_name)}): load_model returns one of them; use a fresh --out",
+              flush=True)
     model = robench.load_model(run_dir, MODEL)
     bundle = robench.PluginHost.create().build("dataset", "mnist", **DATA)
     x, y = eval_subset(bundle, args.n)

@@ -212,12 +212,16 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> Non
 def leaderboard_merge(
     files: Annotated[list[Path], typer.Argument(help="results.csv files to merge")],
     output: Annotated[Path, typer.Option("-o", "--output", help="merged results csv")],
+    allow_mixed_precision: Annotated[bool, typer.Option(
+        "--allow-mixed-precision",
+        help="rank rows computed in different precisions (fp32, bf16, fp16) together")] = False,
 ) -> None:
     """Merge runs or submissions into one validated leaderboard."""
     try:
         from robench.merge import merge_leaderboards
 
-        merged = merge_leaderboards(list(files), output)
+        merged = merge_leaderboards(list(files), output,
+                                    allow_mixed_precision=allow_mixed_precision)
     except RobenchError as exc:
         _fail(exc)
     out.print(f"merged {len(files)} file(s), {len(merged)} rows -> {output}")

@@ -70,8 +70,8 @@ class WorkerContext:
         memory flat on big grids."""
         import torch
 
+        from robench.loading import defended, load_trained
         from robench.models import Compiled, with_compile, with_precision
-        from robench.worker import defended, load_trained
 
         cache_key = f"{run_dir}:{key}:{plan.name}:{device}:{precision}:{compile_backend}"
         if cache_key not in self._models:

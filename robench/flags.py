@@ -13,7 +13,9 @@ number; it tells the reader where to look.  Codes (docs/protocol.md explains eac
 ``black-box-stronger``           a black-box attack fooled more samples than every white-box
                                  attack of the threat model (gradient masking)
 ``weaker-than-noise``            a gradient attack left more samples robust than random noise
-``unbounded-eps-robust``         accuracy above 1% at an Linf eps that allows any image
+``unbounded-eps-robust``         accuracy above 1% at an Linf eps that allows any image (the
+                                 grid's rows at eps >= 1, and the harness's own PGD at eps 1
+                                 in every clean task, which flags all the model's rows)
 """
 
 from __future__ import annotations
@@ -79,6 +81,12 @@ def add_flags(
 
     unbounded = ok & (frame["threat"] == "linf") & (frame["eps"] >= 1.0) & (
         frame["robust_acc"] > 0.01)
+    # the harness's own check (PGD at Linf eps 1 in every clean task): it flags every row
+    # of the model and domain, whatever eps the grid lists
+    for (model, domain), diag in diagnostics.items():
+        robust = diag.get("unbounded_linf_robust")
+        if robust is not None and robust > 0.01:
+            unbounded |= (frame["model"] == model) & (frame["domain"] == domain)
     _append(frame, unbounded, "unbounded-eps-robust")
 
     num_classes = {k: d.get("num_classes") for k, d in diagnostics.items()}

@@ -390,7 +390,7 @@ def run_grid(config: GridConfig | dict[str, Any] | None = None, *,
 def load_model(run_dir: str | Path, model: str, *, device: str = "cpu",
                host: PluginHost | None = None) -> Any:
     """The exact model a run evaluated: eval mode, images in [0, 1] -> logits."""
-    from robench.worker import check_loadable, load_trained
+    from robench.loading import check_loadable, load_trained
 
     run_dir = Path(run_dir)
     named = {m["plan"]["name"]: m for m in check_loadable(run_dir)}

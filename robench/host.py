@@ -139,6 +139,7 @@ class PluginHost:
         self.recipe = recipe or HostRecipe(portable=False)
         self._registry: dict[str, dict[str, PluginSpec]] = {}
         self._fingerprints: dict[str, str] = {}
+        self._distributions: dict[str, str] | None = None
 
     @classmethod
     def create(
@@ -157,11 +158,14 @@ class PluginHost:
 
     def plugin_distribution(self, plugin_name: str) -> str:
         """``"name version"`` of the distribution whose entry point is ``plugin_name``."""
-        for ep in _entry_points():
-            dist = getattr(ep, "dist", None)
-            if ep.name == plugin_name and dist is not None:
-                return f"{dist.metadata['name']} {dist.version}"
-        return ""
+        if self._distributions is None:  # one scan of the installed entry points per host
+            self._distributions = {}
+            for ep in _entry_points():
+                dist = getattr(ep, "dist", None)
+                if dist is not None:
+                    self._distributions.setdefault(
+                        ep.name, f"{dist.metadata['name']} {dist.version}")
+        return self._distributions.get(plugin_name, "")
 
     def fingerprint(self, plugin_name: str) -> str:
         """What identifies a plugin's code, for task keys: its distribution and version,
@@ -230,10 +234,13 @@ class PluginHost:
     def names(self, kind: str) -> list[str]:
         return list(self.specs(kind))
 
-    def resolve(self, kind: str, name: str) -> tuple[PluginSpec, dict[str, Any]]:
+    def resolve(self, kind: str, name: str, *,
+                validate: bool = True) -> tuple[PluginSpec, dict[str, Any]]:
         """The spec serving ``name`` and the extra factory params it implies.
 
-        ``timm:resnet18`` resolves to the ``timm:*`` spec with ``{"name": "resnet18"}``.
+        ``timm:resnet18`` resolves to the ``timm:*`` spec with ``{"name": "resnet18"}``;
+        with ``validate`` the namespace checks the rest of the name (which may import its
+        library: ``validate=False`` only finds the spec, fast).
         """
         specs = self.specs(kind)
         if name in specs and not specs[name].is_namespace:
@@ -242,7 +249,7 @@ class PluginHost:
             prefix, _, rest = name.partition(":")
             namespace = specs.get(f"{prefix}:*")
             if namespace is not None and rest:
-                if namespace.validate_name is not None:
+                if validate and namespace.validate_name is not None:
                     namespace.validate_name(rest)
                 return namespace, {"name": rest}
         raise UnknownNameError(kind, name, specs)

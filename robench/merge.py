@@ -248,8 +248,27 @@ def merged_report_paths(out: str | Path) -> dict[str, Path]:
     return {name: out.with_name(f"{stem}.{name}") for name in MERGE_REPORTERS}
 
 
+def check_precisions(merged: pd.DataFrame, paths: Sequence[str | Path], *,
+                     allow_mixed: bool) -> None:
+    """Refuse to rank rows computed in different precisions against each other: a bf16 or
+    fp16 evaluation is not the same measurement as an fp32 one."""
+    if allow_mixed or "precision" not in merged:
+        return
+    values = merged["precision"].astype("string").fillna("").str.strip()
+    found = sorted({v for v in values if v} | ({"fp32"} if (values == "").any() else set()))
+    if len(found) > 1:
+        raise UsageError(
+            f"The files to merge ({', '.join(str(p) for p in paths)}) hold rows computed in "
+            f"different precisions ({', '.join(found)}; a row without a precision is fp32): "
+            f"low-precision attacks and verification are not the same measurement, so "
+            f"robench does not rank them together. Merge files of one precision, or pass "
+            f"--allow-mixed-precision to rank them anyway (the precision column stays in "
+            f"every row).")
+
+
 def merge_leaderboards(paths: Sequence[str | Path], out: str | Path, *,
-                       name: str | None = None, host: Any = None) -> pd.DataFrame:
+                       name: str | None = None, host: Any = None,
+                       allow_mixed_precision: bool = False) -> pd.DataFrame:
     """``robench leaderboard merge``: validate, merge, write OUT and its leaderboards.
 
     Writes the merged results table to ``out`` (a results.csv any robench tool reads back,
@@ -261,6 +280,7 @@ def merge_leaderboards(paths: Sequence[str | Path], out: str | Path, *,
     if out.suffix.lower() != ".csv":
         raise UsageError(f"Output {out} must be a .csv file (the merged results table).")
     merged = merge_results(paths)
+    check_precisions(merged, paths, allow_mixed=allow_mixed_precision)
     sources = [str(_resolve(p)) for p in paths]
     atomic_write_text(out, merged.to_csv(index=False))
     runs = list(dict.fromkeys(merged["run"]))

@@ -107,7 +107,8 @@ def validate(config: GridConfig, context: WorkerContext) -> ValidGrid:
     # the factories' signatures, which imports them): a mistyped name answers at once
     for kind, names in names_by_kind.items():
         for name in names:
-            host.resolve(kind, attack_base(name)[0] if kind == "attack" else name)
+            host.resolve(kind, attack_base(name)[0] if kind == "attack" else name,
+                         validate=False)
     for kind, names in names_by_kind.items():
         for name in names:
             plugin_name = attack_base(name)[0] if kind == "attack" else name
@@ -193,8 +194,8 @@ def validate(config: GridConfig, context: WorkerContext) -> ValidGrid:
 def _check_complete_models(cfg: GridConfig, context: WorkerContext, valid: ValidGrid) -> None:
     """Load each complete model once and fit it to every evaluated dataset, so a model whose
     classes or input do not fit is exit 2 before any work (the message names both)."""
+    from robench.loading import load_complete
     from robench.planning import ModelPlan
-    from robench.worker import load_complete
 
     for name in cfg.models:
         plan = ModelPlan(name=name, model=name, model_params=cfg.plugin_params("model", name))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ import torch
 from robench import jobs as jobs_mod
 from robench.config import GridConfig
 from robench.context import WorkerContext
-from robench.errors import UsageError
 from robench.evaluation import (
     logits_of,
     make_targets,
@@ -34,13 +33,11 @@ from robench.evaluation import (
     run_attack_cascade,
 )
 from robench.examples import write_task_examples
-from robench.host import PluginHost
 from robench.io import atomic_write_text
+from robench.loading import build_model, load_complete
 from robench.memory import run_with_backoff
 from robench.models import (
-    RobenchModel,
     count_parameters,
-    freeze,
 )
 from robench.planning import AttackPlan, ModelPlan, masks_file, model_files
 from robench.specs import DatasetBundle, as_tensors
@@ -52,55 +49,6 @@ EXAMPLES_PER_ATTACK = 6
 
 
 # --------------------------------------------------------------------------- models
-
-
-def build_model(host: PluginHost, plan: ModelPlan, *, image_size: int, in_chans: int,
-                num_classes: int) -> RobenchModel:
-    backbone = host.build("backbone", plan.backbone, image_size=image_size,
-                          in_chans=in_chans, **plan.backbone_params)
-    num_features = int(getattr(backbone, "num_features", 0))
-    if num_features <= 0:
-        raise RuntimeError(f"backbone {plan.backbone!r} has no positive num_features attribute")
-    head = host.build("head", plan.head, num_features=num_features,
-                      num_classes=num_classes, **plan.head_params)
-    return RobenchModel(backbone, head, in_chans=in_chans)
-
-
-def load_trained(run_dir: Path, meta: dict[str, Any], device: str,
-                 host: PluginHost) -> torch.nn.Module:
-    """The model described by ``meta`` (a ``models/<key>.json``), frozen, eval mode: trained
-    weights read back, or a complete model loaded by its plugin."""
-    from safetensors.torch import load_file
-
-    if meta.get("complete"):
-        module = load_complete(host, ModelPlan(**meta["plan"]), num_classes=meta["num_classes"],
-                               class_names=meta["class_names"], image_size=meta["image_size"],
-                               in_chans=meta["in_chans"], dataset=meta["dataset"])[0]
-        return freeze(module).to(device)
-    model = build_model(host, ModelPlan(**meta["plan"]), image_size=meta["image_size"],
-                        in_chans=meta["in_chans"], num_classes=meta["num_classes"])
-    model.load_state_dict(load_file(str(run_dir / model_files(meta["key"])[0])))
-    # channels_last: +11-25% for convolutions on this CPU (DESIGN.md) and more on GPUs
-    return freeze(model).to(device).to(memory_format=torch.channels_last)
-
-
-def load_complete(host: PluginHost, plan: ModelPlan, *, num_classes: int,
-                  class_names: list[str], image_size: int, in_chans: int,
-                  dataset: str) -> tuple[torch.nn.Module, Any]:
-    """A complete classifier built by its plugin and fitted to the dataset (its classes in
-    the dataset's order, normalisation inside); ``UsageError`` when it cannot fit."""
-    from robench.classifiers import fit_to_dataset
-
-    classifier = host.build("model", plan.model, **plan.model_params)
-    module = fit_to_dataset(classifier, model_name=plan.model, dataset=dataset,
-                            num_classes=num_classes, class_names=class_names,
-                            image_size=image_size, in_chans=in_chans)
-    return module, classifier
-
-
-def defended(host: PluginHost, plan: ModelPlan, model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` inside the inference defense of ``plan``."""
-    return host.build("defense", plan.defense, model=model, **plan.defense_params)
 
 
 def eval_subset(bundle: DatasetBundle, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,6 +133,29 @@ def train_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
     }
 
 
+#: the harness's own gradient-masking check: PGD with this many steps at Linf eps 1 (any
+#: image in [0, 1] is allowed), on the correctly classified samples of each domain
+UNBOUNDED_STEPS = 10
+
+
+def unbounded_check(context: WorkerContext, model: torch.nn.Module, x: torch.Tensor,
+                    y: torch.Tensor, correct: torch.Tensor, *, seed: int,
+                    batch_size: int) -> float | None:
+    """Robust accuracy (over the samples) of PGD at Linf eps 1, where every sample can be
+    turned into any image: anything above ~0 means the gradient misleads the attack
+    (Athalye et al. 2018's check, run by the harness on every model, not only when a user
+    lists such an eps).  ``None`` when no ``pgd`` attack is installed."""
+    from robench.evaluation import run_attack_cascade
+
+    try:
+        attack = context.host.build("attack", "pgd", steps=UNBOUNDED_STEPS)
+    except Exception:  # the attacks plugin is blocked or absent: the check cannot run
+        return None
+    outcome = run_attack_cascade(attack, model, x, y, correct, threat="linf", kind="bounded",
+                                 eps_list=[1.0], batch_size=batch_size, seed=seed)[0]
+    return int(outcome.robust.sum()) / max(1, len(y))
+
+
 def load_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
               plan: dict[str, Any], key: str, device: str) -> dict[str, Any]:
     """For a complete model: load it once, check that it fits the data, record what it is.
@@ -236,6 +207,9 @@ def clean_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any], 
     seconds = time.perf_counter() - start
     diag = model_diagnostics(model, x, y, num_classes=bundle.num_classes,
                              batch_size=cfg.eval_batch_size)
+    diag["unbounded_linf_robust"] = unbounded_check(context, model, x, y, correct,
+                                                    seed=cfg.seed,
+                                                    batch_size=cfg.eval_batch_size)
     alignment = None
     if with_class_images:  # what the model "sees" as each class, and whether it looks so
         from robench.visualize import class_images, perceptual_alignment
@@ -353,13 +327,3 @@ def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
     }
 
 
-def attack_plan_dict(plan: AttackPlan) -> dict[str, Any]:
-    return asdict(plan)
-
-
-def check_loadable(run_dir: Path) -> list[dict[str, Any]]:
-    """The metadata of every model trained in ``run_dir`` (``UsageError`` when none)."""
-    models_dir = run_dir / "models"
-    if not models_dir.is_dir():
-        raise UsageError(f"{str(run_dir)!r} holds no trained models (no models/ folder).")
-    return [json.loads(p.read_text()) for p in sorted(models_dir.glob("*.json"))]

@@ -160,7 +160,7 @@ def test_two_complete_models_and_a_trained_one_share_one_leaderboard(trained_pac
     assert set(results.model) == {py_name, file_name, "digits-cnn+linear+none"}
     board = pd.read_csv(tmp_path / "mixed" / "leaderboard.csv")
     assert set(board.model) == {py_name, file_name, "digits-cnn+linear+none"}
-    assert sorted(board["rank"]) == [1, 2, 3]
+    assert len(board) == 3 and board["rank"].min() == 1  # one ranking for all three
     # the TorchScript copy and the factory's model are one model: same numbers
     a = results[results.model == py_name]
     b = results[results.model == file_name]

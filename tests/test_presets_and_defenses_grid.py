@@ -56,6 +56,10 @@ def test_a_masked_gradient_looks_robust_to_pgd_and_bpda_sees_through_it(rows):
     assert bpda[-1] <= plain[-1] - 0.3, (bpda, plain)
     flags = ";".join(rows[rows.model == defended]["flags"].fillna(""))
     assert "zero-gradients" in flags
+    # the harness's own PGD at Linf eps 1 fails on the masked model, and only there
+    assert "unbounded-eps-robust" in flags
+    clean_flags = ";".join(rows[rows.model == "digits-cnn+linear+none"]["flags"].fillna(""))
+    assert "unbounded-eps-robust" not in clean_flags and "zero-gradients" not in clean_flags
     # the worst case takes the adaptive attack
     assert _robust(rows, defended, "worst-case")[-1] <= bpda[-1]
     # the inference defense reuses the undefended model's training

@@ -397,9 +397,17 @@ def _examples_view(sets: list[ExampleSet], problems: list[str], board: pd.DataFr
                                    f"{with_classes.class_name(i)}"),
                         "name": with_classes.class_name(i)}
                        for i, image in enumerate(with_classes.class_images)]
+        alignment = ""
+        if "perceptual_alignment" in board and classes:
+            values = pd.to_numeric(board.loc[board["model"] == model, "perceptual_alignment"],
+                                   errors="coerce").dropna()
+            if len(values):
+                alignment = (f"perceptual alignment {values.iloc[0]:.2f} (chance "
+                             f"{1 / len(classes):.2f}): the fraction of these images closest "
+                             f"to the mean training image of their own class")
         models.append({
             "name": model, "strips": [_strip(e, labels, limit) for e in group],
-            "classes": classes,
+            "classes": classes, "alignment": alignment,
             "classes_domain": with_classes.domain if with_classes is not None else "",
         })
     return {"problems": problems, "models": models, "gradient": diverging_css_gradient()}

@@ -209,3 +209,20 @@ def test_the_leaderboard_never_imports_merge():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_bf16_rows_are_not_ranked_against_fp32_rows_unless_asked(tmp_path, build_results,
+                                                                 reports_host):
+    fp32, bf16 = tmp_path / "fp32.csv", tmp_path / "bf16.csv"
+    build_results(run="full").assign(precision="fp32").to_csv(fp32, index=False)
+    build_results(run="half").assign(precision="bf16").to_csv(bf16, index=False)
+    with pytest.raises(UsageError, match=r"bf16, fp32.*--allow-mixed-precision"):
+        merge_leaderboards([fp32, bf16], tmp_path / "out" / "m.csv", host=reports_host)
+    merged = merge_leaderboards([fp32, bf16], tmp_path / "out" / "m.csv", host=reports_host,
+                                allow_mixed_precision=True)
+    assert set(merged["precision"]) == {"fp32", "bf16"}
+    # a file from before the precision column counts as fp32: merging it with fp32 is fine
+    old = tmp_path / "old.csv"
+    build_results(run="old").to_csv(old, index=False)
+    assert len(merge_leaderboards([old, fp32], tmp_path / "out" / "ok.csv",
+                                  host=reports_host)) > 0

@@ -1,0 +1,74 @@
+"""Building the evaluated models: a trained backbone + head read back from its weights, a
+complete model through its plugin (fitted to the dataset), an inference defense around
+either.  Shared by the tasks (:mod:`robench.worker`), the worker context's model cache
+(:mod:`robench.context`) and ``robench.load_model``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robench.errors import UsageError
+from robench.host import PluginHost
+from robench.models import RobenchModel, freeze
+from robench.planning import ModelPlan, model_files
+
+
+def build_model(host: PluginHost, plan: ModelPlan, *, image_size: int, in_chans: int,
+                num_classes: int) -> RobenchModel:
+    backbone = host.build("backbone", plan.backbone, image_size=image_size,
+                          in_chans=in_chans, **plan.backbone_params)
+    num_features = int(getattr(backbone, "num_features", 0))
+    if num_features <= 0:
+        raise RuntimeError(f"backbone {plan.backbone!r} has no positive num_features attribute")
+    head = host.build("head", plan.head, num_features=num_features,
+                      num_classes=num_classes, **plan.head_params)
+    return RobenchModel(backbone, head, in_chans=in_chans)
+
+
+def load_trained(run_dir: Path, meta: dict[str, Any], device: str,
+                 host: PluginHost) -> torch.nn.Module:
+    """The model described by ``meta`` (a ``models/<key>.json``), frozen, eval mode: trained
+    weights read back, or a complete model loaded by its plugin."""
+    from safetensors.torch import load_file
+
+    if meta.get("complete"):
+        module = load_complete(host, ModelPlan(**meta["plan"]), num_classes=meta["num_classes"],
+                               class_names=meta["class_names"], image_size=meta["image_size"],
+                               in_chans=meta["in_chans"], dataset=meta["dataset"])[0]
+        return freeze(module).to(device)
+    model = build_model(host, ModelPlan(**meta["plan"]), image_size=meta["image_size"],
+                        in_chans=meta["in_chans"], num_classes=meta["num_classes"])
+    model.load_state_dict(load_file(str(run_dir / model_files(meta["key"])[0])))
+    # channels_last: +11-25% for convolutions on this CPU (DESIGN.md) and more on GPUs
+    return freeze(model).to(device).to(memory_format=torch.channels_last)
+
+
+def load_complete(host: PluginHost, plan: ModelPlan, *, num_classes: int,
+                  class_names: list[str], image_size: int, in_chans: int,
+                  dataset: str) -> tuple[torch.nn.Module, Any]:
+    """A complete classifier built by its plugin and fitted to the dataset (its classes in
+    the dataset's order, normalisation inside); ``UsageError`` when it cannot fit."""
+    from robench.classifiers import fit_to_dataset
+
+    classifier = host.build("model", plan.model, **plan.model_params)
+    module = fit_to_dataset(classifier, model_name=plan.model, dataset=dataset,
+                            num_classes=num_classes, class_names=class_names,
+                            image_size=image_size, in_chans=in_chans)
+    return module, classifier
+
+
+def defended(host: PluginHost, plan: ModelPlan, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` inside the inference defense of ``plan``."""
+    return host.build("defense", plan.defense, model=model, **plan.defense_params)
+
+
+def check_loadable(run_dir: Path) -> list[dict[str, Any]]:
+    """The metadata of every model trained in ``run_dir`` (``UsageError`` when none)."""
+    models_dir = run_dir / "models"
+    if not models_dir.is_dir():
+        raise UsageError(f"{str(run_dir)!r} holds no trained models (no models/ folder).")
+    return [json.loads(p.read_text()) for p in sorted(models_dir.glob("*.json"))]
