@@ -184,7 +184,8 @@ class Grid:
                     portable=portable,
                     produces=(_relative(examples_mod.task_file("", ckey)),)
                     if domain == "source" else (),
-                    kwargs={**common, "key": ckey, "with_class_images": domain == "source"}))
+                    kwargs={**common, "key": ckey, "domain": domain,
+                            "with_class_images": domain == "source"}))
                 keys = {name: attack_key(cfg, attack, evaluated, domain, dataset)
                         for name, attack in valid.attacks.items()}
                 for name, attack in valid.attacks.items():

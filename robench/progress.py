@@ -74,26 +74,28 @@ class ProgressDisplay:
         self.started: dict[str, float] = {}
         self.beat: dict[str, float] = {}
         self.begun = time.monotonic()
-
-    @property
-    def terminal(self) -> bool:
-        return bool(self.enabled and self.bar.console.is_terminal)
+        self.terminal = False
+        self.inner: dict[str, Any] = {}
 
     def __enter__(self) -> ProgressDisplay:
         if not self.enabled:
             return self
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         from robench.cli_text import plain
 
         self.plain = plain
+        self.out = self.console if self.console is not None else Console(stderr=True)
+        self.terminal = bool(self.out.is_terminal)
+        set_progress_callback(self.on_progress)
+        if not self.terminal:  # a log: lines only, no bar redrawn into it
+            return self
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
                             MofNCompleteColumn(), TextColumn("{task.fields[clock]}"),
                             console=self.console, transient=False)
         self.bar.start()
         self.main = self.bar.add_task(plain(self.phase), total=self.total, clock="")
-        self.inner: dict[str, Any] = {}
-        set_progress_callback(self.on_progress)
         self._tick()
         return self
 
@@ -123,23 +125,23 @@ class ProgressDisplay:
             self._line(f"running {label}: {done}/{total} after {_clock(now - self.started[label])}")
 
     def _line(self, text: str) -> None:
-        self.bar.console.print(f"{_now()} {text}", markup=False, highlight=False)
+        self.out.print(f"{_now()} {text}", markup=False, highlight=False)
 
     def advance(self, label: str, ok: bool, kind: str = "", seconds: float | None = None) -> None:
         if not self.enabled:
             return
         self.done += 1
-        self.bar.advance(self.main)
         if seconds is not None:
             self.time_left.finished(kind, seconds)
-        for running in [k for k in self.inner if label.startswith(k)]:
-            self.bar.remove_task(self.inner.pop(running))
         for running in [k for k in self.started if label.startswith(k)]:
             self.started.pop(running)
         if self.terminal:
+            self.bar.advance(self.main)
+            for running in [k for k in self.inner if label.startswith(k)]:
+                self.bar.remove_task(self.inner.pop(running))
             self._tick()
             if not ok:
-                self.bar.console.print(f"failed: {label}", markup=False, highlight=False)
+                self.out.print(f"failed: {label}", markup=False, highlight=False)
             return
         took = f" in {_clock(seconds)}" if seconds is not None else ""
         self._line(f"{'done' if ok else 'FAILED'} {self.phase} {self.done}/{self.total}: "
@@ -148,6 +150,7 @@ class ProgressDisplay:
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
             set_progress_callback(None)
-            for task in self.inner.values():
-                self.bar.remove_task(task)
-            self.bar.stop()
+            if self.terminal:
+                for task in self.inner.values():
+                    self.bar.remove_task(task)
+                self.bar.stop()

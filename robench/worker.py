@@ -162,6 +162,7 @@ def load_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
     Its evaluations load it again from the same plugin (nothing is trained or saved)."""
     cfg = GridConfig(**config)
     model_plan = ModelPlan(**plan)
+    jobs_mod.report_progress(f"load {model_plan.name}", 0, 1)
     source = context.dataset(cfg, cfg.dataset)
     class_names = [str(c) for c in source.class_names]
     start = time.perf_counter()
@@ -197,8 +198,9 @@ def _evaluation_inputs(context: WorkerContext, run_dir: str, config: dict[str, A
 
 def clean_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any], key: str,
                plan: dict[str, Any], model_key: str, dataset: str, device: str,
-               with_class_images: bool = True) -> dict[str, Any]:
+               domain: str = "source", with_class_images: bool = True) -> dict[str, Any]:
     """Clean accuracy, model diagnostics and class-maximisation images for one domain."""
+    jobs_mod.report_progress(f"clean {plan['name']} [{domain}]", 0, 1)
     cfg, model, _meta, bundle, x, y = _evaluation_inputs(context, run_dir, config, plan,
                                                          model_key, dataset, device)
     start = time.perf_counter()
