@@ -33,9 +33,11 @@ class Attack(Protocol):
     threat model (None for a ``minimal`` attack, which returns minimally perturbed examples).
     The harness orders eps, batches, counts gradients and verifies every returned example.
 
-    Optional: ``params`` (the parameters as run, recorded in results), and ``threat`` when a
-    parameter changes the threat model (``apgd-ce`` with ``norm = "l2"``): the harness reads
-    it once, when it plans the grid, and keys, labels and groups the attack by it.
+    Optional: ``params`` (the parameters as run, recorded in results); ``threat``, ``kind``
+    and ``black_box`` when a parameter (or, for a namespace such as ``foolbox:*``, the name)
+    decides them (``apgd-ce`` with ``norm = "l2"`` is an l2 attack; ``foolbox:HopSkipJump
+    Attack`` is black-box): the harness reads them once, when it plans the grid, and keys,
+    labels, groups and flags the attack by them.  Without them, the spec's values hold.
     """
 
     def perturb(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -246,7 +246,8 @@ def _attack_plan(cfg: GridConfig, host: PluginHost, name: str, params: dict[str,
     spec, _ = host.resolve("attack", base)
     return AttackPlan(
         name=name, threat=str(getattr(built, "threat", spec.threat)),
-        kind=str(getattr(built, "kind", spec.kind)), black_box=bool(spec.black_box),
+        kind=str(getattr(built, "kind", spec.kind)),
+        black_box=bool(getattr(built, "black_box", spec.black_box)),
         targeted_ok=bool(spec.targeted), is_namespace=spec.is_namespace,
         params=recorded, base=base, bpda="bpda" in mods,
         eot_samples=eot_samples if "eot" in mods else 1,

@@ -120,6 +120,22 @@ class _Calls(nn.Module):
         return self.__dict__["target"](x)
 
 
+#: foolbox classes that use only the model's outputs (decisions or scores), never its
+#: gradients: their rows count as black-box (the ``black-box-stronger`` flag compares them
+#: with the gradient attacks of the same threat).  GenAttack is score-based.
+BLACK_BOX_CLASSES: frozenset[str] = frozenset({
+    "BoundaryAttack", "HopSkipJumpAttack", "PointwiseAttack", "GenAttack", "DatasetAttack",
+    "InversionAttack", "SpatialAttack", "SaltAndPepperNoiseAttack", "GaussianBlurAttack",
+    "BinarySearchContrastReductionAttack", "LinearSearchContrastReductionAttack",
+    "L2ContrastReductionAttack", "LinearSearchBlendedUniformNoiseAttack",
+})
+
+
+def is_black_box(class_name: str) -> bool:
+    """Whether a foolbox attack class needs no gradient (noise attacks included)."""
+    return class_name in BLACK_BOX_CLASSES or "NoiseAttack" in class_name
+
+
 class FoolboxAttack:
     """A foolbox attack class behind robench's ``perturb`` interface.
 
@@ -189,6 +205,7 @@ class FoolboxAttack:
         else:
             self.threat = "none"
         self.kind = "bounded" if isinstance(self.attack, base.FixedEpsilonAttack) else "minimal"
+        self.black_box = is_black_box(self.cls.__name__)
         given = {**DEFAULT_PARAMS.get(name, {}), **params}
         self.params = {"class": self.cls.__name__,
                        **{k: v for k, v in given.items() if k != "distance"}}

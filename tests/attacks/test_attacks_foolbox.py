@@ -178,3 +178,20 @@ def test_dataset_attack_uses_the_batch_as_its_pool(fhost: robench.PluginHost,
     # each adversarial is another image of the batch
     matches = (x_adv[:, None] == x[None]).flatten(2).all(2)
     assert matches.any(1).all()
+
+
+def test_black_box_comes_from_each_foolbox_class_not_from_the_namespace(tmp_path):
+    """HopSkipJump and Boundary use decisions only; LinfPGD uses gradients: the planned
+    attack says so, so the black-box-stronger flag compares the right rows."""
+    from robench.config import build_config
+    from robench.context import WorkerContext
+    from robench.validation import validate
+
+    names = ["foolbox:HopSkipJumpAttack", "foolbox:BoundaryAttack", "foolbox:LinfPGD",
+             "foolbox:LinfAdditiveUniformNoiseAttack"]
+    config = build_config({"target": "none", "adaptors": ["none"], "out": str(tmp_path),
+                           "attacks": names})
+    valid = validate(config, WorkerContext.create(robench.PluginHost.create()))
+    assert {n: valid.attacks[n].black_box for n in names} == {
+        "foolbox:HopSkipJumpAttack": True, "foolbox:BoundaryAttack": True,
+        "foolbox:LinfPGD": False, "foolbox:LinfAdditiveUniformNoiseAttack": True}
