@@ -134,11 +134,17 @@ class Grid:
 
     def validate(self) -> ValidGrid:
         """Resolve every name and check every parameter before any work starts."""
-        self.valid = validate(self.config, self.context)
-        self.plans = model_plans(self.config, self.valid.stages,
-                                 fingerprints(self.context.host))
-        self.train_keys = {p.name: train_key(self.config, p) for p in self.plans}
-        self.model_keys = {p.name: model_key(self.config, p) for p in self.plans}
+        from robench.jobs import task_threads
+
+        cfg = self.config
+        self.valid = validate(cfg, self.context)
+        self.executor = self.host.build("executor", cfg.executor,
+                                        **cfg.plugin_params("executor", cfg.executor))
+        #: torch threads per task: 1 unless asked (the numbers depend on it)
+        self.threads = task_threads(self.executor)
+        self.plans = model_plans(cfg, self.valid.stages, fingerprints(self.context.host))
+        self.train_keys = {p.name: train_key(cfg, p, self.threads) for p in self.plans}
+        self.model_keys = {p.name: model_key(cfg, p, self.threads) for p in self.plans}
         return self.valid
 
     @property
@@ -177,7 +183,7 @@ class Grid:
             jobs = evaluations[plan.name] = []
             for domain, dataset in domains(cfg):
                 common = {**base, "model_key": key, "dataset": dataset, "device": valid.device}
-                ckey = clean_key(cfg, evaluated, domain, dataset)
+                ckey = clean_key(cfg, evaluated, domain, dataset, self.threads)
                 jobs.append(Job(
                     key=ckey, kind="clean", label=f"clean {plan.name} [{domain}]",
                     fn=clean_task, resources=resources, after=(key,), needs=needs,
@@ -186,7 +192,7 @@ class Grid:
                     if domain == "source" else (),
                     kwargs={**common, "key": ckey, "domain": domain,
                             "with_class_images": domain == "source"}))
-                keys = {name: attack_key(cfg, attack, evaluated, domain, dataset)
+                keys = {name: attack_key(cfg, attack, evaluated, domain, dataset, self.threads)
                         for name, attack in valid.attacks.items()}
                 for name, attack in valid.attacks.items():
                     akey = keys[name]
@@ -212,8 +218,7 @@ class Grid:
                 (self.run_dir / name).unlink(missing_ok=True)
         self.store = Store(self.run_dir / "results.sqlite")
         self.started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        executor = self.host.build("executor", cfg.executor,
-                                   **cfg.plugin_params("executor", cfg.executor))
+        executor = self.executor
         train, evaluations = self.jobs()
 
         def pending(jobs: Iterable[Job]) -> list[Job]:
@@ -281,7 +286,7 @@ class Grid:
         from robench.tabulate import tabulate
 
         table = tabulate(self.config, self.store, self.plans, self.train_keys,
-                         self.model_keys, self.valid.attacks, self.device)
+                         self.model_keys, self.valid.attacks, self.device, self.threads)
         self.diagnostics = table.diagnostics
         return table.results
 
@@ -298,7 +303,8 @@ class Grid:
             "plugins": plugin_versions, "device": self.device,
             "device_name": torch.cuda.get_device_name(0) if self.device.startswith("cuda")
             else platform.processor() or platform.machine(),
-            "cpu_threads": torch.get_num_threads(), "seed": self.config.seed,
+            "threads_per_task": self.threads, "driver_threads": torch.get_num_threads(),
+            "seed": self.config.seed,
             "git_revision": git_revision(), "started": self.started,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "argv": sys.argv, "failures": self.failures, "host": platform.node(),
@@ -340,16 +346,16 @@ class Grid:
                 continue
             key = self.model_keys[plan.name]
             for domain, dataset in domains(cfg):
-                if self.store.status(clean_key(cfg, key, domain, dataset)) != "ok":
+                if self.store.status(clean_key(cfg, key, domain, dataset, self.threads)) != "ok":
                     continue
                 bundle = valid.bundles[dataset]
                 examples_mod.assemble(
                     self.run_dir, model=plan.name, domain=domain, dataset=dataset,
                     class_names=[str(c) for c in bundle.class_names] or
                     [str(i) for i in range(bundle.num_classes)],
-                    class_images_key=clean_key(cfg, key, "source", cfg.dataset),
-                    attack_keys=[attack_key(cfg, valid.attacks[name], key, domain, dataset)
-                                 for name in order])
+                    class_images_key=clean_key(cfg, key, "source", cfg.dataset, self.threads),
+                    attack_keys=[attack_key(cfg, valid.attacks[name], key, domain, dataset,
+                                            self.threads) for name in order])
 
 
 def _relative(path: Path) -> str:
@@ -394,7 +400,11 @@ def load_model(run_dir: str | Path, model: str, *, device: str = "cpu",
     from robench.loading import check_loadable, load_trained
 
     run_dir = Path(run_dir)
-    named = {m["plan"]["name"]: m for m in check_loadable(run_dir)}
+    # a run folder can hold several models of one name (a config changed between runs):
+    # the most recently written one is the last run's
+    metas = sorted(check_loadable(run_dir), key=lambda m: (
+        run_dir / model_files(m["key"])[1]).stat().st_mtime)
+    named = {m["plan"]["name"]: m for m in metas}
     if model not in named:
         close = closest(model, named)
         raise UsageError(

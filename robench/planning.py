@@ -173,10 +173,16 @@ def _defense_fields(config: GridConfig, defense: str, stages: dict[str, str]) ->
             "defense_stage": stages.get(defense, "none")}
 
 
-def model_key(config: GridConfig, plan: ModelPlan) -> str:
+def _threads(threads: int) -> dict[str, int]:
+    """The torch threads of each task, in its key when not 1 (the thread count changes how
+    sums are reduced, so the numbers)."""
+    return {} if threads == 1 else {"threads": threads}
+
+
+def model_key(config: GridConfig, plan: ModelPlan, threads: int = 1) -> str:
     """The key of what is evaluated: the trained (or loaded) model, and the inference defense
     around it.  Clean and attack tasks are keyed on it."""
-    base = train_key(config, plan)
+    base = train_key(config, plan, threads)
     if plan.defense_stage != "inference":
         return base
     return task_key({"task": "defended", "model": base, "defense": plan.defense,
@@ -184,7 +190,7 @@ def model_key(config: GridConfig, plan: ModelPlan) -> str:
                      **({"plugin": plan.defense_plugin} if plan.defense_plugin else {})})
 
 
-def train_key(config: GridConfig, plan: ModelPlan) -> str:
+def train_key(config: GridConfig, plan: ModelPlan, threads: int = 1) -> str:
     """The key of the task that makes the model's weights: training, or for a complete model
     loading it and checking it fits the data."""
     if plan.complete:
@@ -204,19 +210,20 @@ def train_key(config: GridConfig, plan: ModelPlan) -> str:
         "lr_schedule": config.lr_schedule,
         "precision": config.precision, "robench": __version__,
         "torch": _torch_version(),
-        **({"plugins": list(plan.plugins)} if plan.plugins else {}),
+        **({"plugins": list(plan.plugins)} if plan.plugins else {}), **_threads(threads),
     })
 
 
-def clean_key(config: GridConfig, model_key: str, domain: str, dataset: str) -> str:
+def clean_key(config: GridConfig, model_key: str, domain: str, dataset: str,
+              threads: int = 1) -> str:
     return task_key({"task": "clean", "model": model_key, "domain": domain,
                      "dataset": dataset, "limit": config.limit,
                      "precision": config.precision,
-                     "seed": config.seed, "robench": __version__})
+                     "seed": config.seed, "robench": __version__, **_threads(threads)})
 
 
 def attack_key(config: GridConfig, attack: AttackPlan, model_key: str, domain: str,
-               dataset: str) -> str:
+               dataset: str, threads: int = 1) -> str:
     return task_key({
         "task": "attack", "model": model_key, "domain": domain, "dataset": dataset,
         "attack": attack.name, "params": attack.params,
@@ -226,7 +233,7 @@ def attack_key(config: GridConfig, attack: AttackPlan, model_key: str, domain: s
             sorted({attack.threat, *config.eps}) if attack.is_namespace else [attack.threat])},
         "limit": config.limit, "seed": config.seed, "robench": __version__,
         "eval_batch_size": config.eval_batch_size, "precision": config.precision,
-        **({"plugin": attack.fingerprint} if attack.fingerprint else {}),
+        **({"plugin": attack.fingerprint} if attack.fingerprint else {}), **_threads(threads),
     })
 
 

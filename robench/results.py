@@ -38,6 +38,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "error": ("string", "error text when status is failed"),
     "precision": ("string", "fp32, or the autocast precision (bf16, fp16) of training and "
                             "attacks"),
+    "threads": ("int64", "torch intra-op threads each task ran with (1 by default: the numbers "
+                         "are then the same on every machine)"),
     "seed": ("int64", "the run's seed"),
     "device": ("string", "device the row was computed on"),
     "params": ("int64", "parameters of the evaluated model"),

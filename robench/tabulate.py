@@ -34,7 +34,7 @@ class Tabulated:
 
 def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
              train_keys: Mapping[str, str], model_keys: Mapping[str, str],
-             attacks: Mapping[str, AttackPlan], device: str) -> Tabulated:
+             attacks: Mapping[str, AttackPlan], device: str, threads: int = 1) -> Tabulated:
     """The results table of ``plans`` x domains x ``attacks`` from what ``store`` holds;
     ``train_keys`` name each model's training (or loading) task, ``model_keys`` the model
     its clean and attack tasks evaluated."""
@@ -47,16 +47,18 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
         key = model_keys[plan.name]
         base = {"model": plan.name, "backbone": plan.backbone, "head": plan.head,
                 "adaptor": plan.adaptor, "defense": plan.defense,
-                "precision": cfg.precision, "seed": cfg.seed, "device": device,
+                "precision": cfg.precision, "threads": threads, "seed": cfg.seed,
+                "device": device,
                 "params": trained.get("params", 0),
                 "train_seconds": trained.get("train_seconds", float("nan")),
                 "run": cfg.name}
-        source_clean = store.get(clean_key(cfg, key, "source", cfg.dataset)) if train_ok \
+        source_clean = store.get(clean_key(cfg, key, "source", cfg.dataset, threads)) if train_ok \
             else None
         alignment = (source_clean or {}).get("perceptual_alignment")
         base["perceptual_alignment"] = float("nan") if alignment is None else float(alignment)
         for domain, dataset in domains(cfg):
-            clean = store.get(clean_key(cfg, key, domain, dataset)) if train_ok else None
+            clean = store.get(clean_key(cfg, key, domain, dataset, threads)) if train_ok \
+                else None
             if clean and "correct" in clean:
                 diagnostics[(plan.name, domain)] = {
                     **clean["diagnostics"], "num_classes": clean["num_classes"]}
@@ -64,7 +66,7 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
             labels: dict[tuple[str, float], str] = {}
             failed_by_threat: dict[str, list[str]] = {}
             for name, attack in attacks.items():
-                akey = attack_key(cfg, attack, key, domain, dataset)
+                akey = attack_key(cfg, attack, key, domain, dataset, threads)
                 payload = store.get(akey) if train_ok else None
                 status = store.status(akey) if train_ok else "failed"
                 row0 = {**base, "dataset": dataset, "domain": domain, "attack": name,

@@ -220,8 +220,9 @@ def clean_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any], 
                                 seed=cfg.seed, device=device)
         write_task_examples(run_dir, key, class_images=pictures)
         train_x, train_y = as_tensors(bundle.train)
-        alignment = perceptual_alignment(pictures, torch.arange(bundle.num_classes), train_x,
-                                         train_y, bundle.num_classes)
+        if len(torch.unique(train_y)) == bundle.num_classes:  # a mean image per class needed
+            alignment = perceptual_alignment(pictures, torch.arange(bundle.num_classes),
+                                             train_x, train_y, bundle.num_classes)
     return {
         "n": len(y), "clean_acc": int(correct.sum()) / len(y), "correct": pack_mask(correct),
         "seconds": seconds, "diagnostics": diag, "num_classes": bundle.num_classes,

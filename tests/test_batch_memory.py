@@ -48,6 +48,8 @@ def test_oom_backoff_and_the_batch_each_model_keeps(tmp_path) -> None:
         "backbones": ["digits-cnn"], "heads": ["linear"], "adaptors": ["none"],
         "attacks": ["hungry", "fgsm"], "eps": {"linf": ["2/255", "8/255"]}, "limit": 80,
         "epochs": 2, "eval_batch_size": 64, "reporters": ["csv"],
+        # MemoryHungry records the batches it saw in this process: run the tasks here
+        "executor": {"local": {"workers": 1}},
     }, host=host)
     hungry = rows[rows.attack == "hungry"]
     assert set(hungry.domain) == {"source", "target"}

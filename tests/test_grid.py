@@ -74,7 +74,7 @@ def test_load_model_reproduces_the_clean_accuracy(small_run):
     acc = float((predict(model, x[order]) == y[order]).float().mean())
     row = results[(results.model == "digits-cnn+linear+none") & (results.domain == "source")]
     assert acc == pytest.approx(row.clean_acc.iloc[0])
-    with pytest.raises(robench.UnknownNameError):
+    with pytest.raises(robench.UsageError, match="digits-cnn\\+linear\\+none"):
         robench.load_model(run_dir, "no-such-model")
 
 

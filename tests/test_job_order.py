@@ -55,7 +55,10 @@ GRID = {"dataset": "digits", "target": "none", "backbones": ["broken", "digits-c
 
 
 def _run(tmp_path: Path, executor: str) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    rows = run_grid({**GRID, "name": executor, "out": str(tmp_path), "executor": executor},
+    # the store's order is the order jobs finished: one worker makes it the order they ran
+    table = {"executor": {"local": {"workers": 1}}} if executor == "local" else \
+        {"executor": executor}
+    rows = run_grid({**GRID, "name": executor, "out": str(tmp_path), **table},
                     host=PluginHost.create(plugins=[_plugin()]))
     with sqlite3.connect(tmp_path / executor / "results.sqlite") as db:
         tasks = list(db.execute("SELECT label, status FROM tasks ORDER BY rowid"))

@@ -18,7 +18,7 @@ Presets (linf; AutoAttack's settings, Croce & Hein 2020):
                      and fab-t (9 targets)
 ``autoattack-rand``  for randomised models: apgd-ce and apgd-dlr with expectation over 20
                      draws per step (``eot_iter = 20``)
-``autoattack-fast``  the cheap ensemble: apgd-ce, then apgd-t over the top-3 target classes
+``autoattack-fast``  the cheap ensemble: apgd-ce, then apgd-t over the top-5 target classes
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ PRESETS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
     ),
     "autoattack-fast": (
         ("apgd-ce", {}),
-        ("apgd-t", {"n_target_classes": 3}),
+        ("apgd-t", {"n_target_classes": 5}),
     ),
 }
 
@@ -62,7 +62,7 @@ DESCRIPTIONS = {
                        "fab-t.",
     "autoattack-rand": "AutoAttack rand (randomised models): apgd-ce, apgd-dlr with EOT over "
                        "20 draws.",
-    "autoattack-fast": "The cheap ensemble: apgd-ce, then apgd-t over the top-3 targets.",
+    "autoattack-fast": "The cheap ensemble: apgd-ce, then apgd-t over the top-5 targets.",
 }
 
 

@@ -133,7 +133,7 @@ def local(*, workers: int | None = None,
 
 @robench.hookimpl
 def robench_register_executors() -> list[robench.ExecutorSpec]:
-    return [robench.ExecutorSpec(name="local", factory=local,
+    return [robench.ExecutorSpec(name="local", factory=local, supports_dependencies=True,
                                  description="run jobs in worker processes of this machine "
                                              "(one per CPU core, one torch thread each), each "
                                              "model evaluated right after it trains")]

@@ -21,19 +21,21 @@ def ray_executor(
     log_to_driver: bool = False,
     max_in_flight: int | None = None,
     shared_run_dir: bool = True,
+    threads_per_task: int = 1,
 ) -> RayExecutor:
     """Build the ``ray`` executor; every parameter is a key of ``[executor.ray]``.
 
     ``address``: a Ray cluster to join (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``);
     unset, it joins ``$RAY_ADDRESS`` if set, else starts a local Ray instance for the run.
     ``num_cpus`` / ``num_gpus``: size of that local instance (default: the whole machine).
-    ``cpus_per_task``: CPUs each task reserves (and torch threads it uses).
+    ``cpus_per_task``: CPUs each task reserves.
     ``gpus_per_task``: GPUs each GPU job reserves (fractions share a GPU); default 1 when the
     run's device is CUDA.  ``max_retries``: reruns of a task whose worker died.
     ``log_to_driver``: stream the workers' stdout/stderr to the terminal.
     ``max_in_flight``: tasks submitted at a time (default: what the cluster runs at once).
     ``shared_run_dir``: false when workers do not see the run folder (models then travel
-    through Ray's object store).
+    through Ray's object store).  ``threads_per_task``: torch threads of each task (1, as
+    the local executor's, so both give the same numbers).
     """
     try:
         import ray
@@ -47,7 +49,7 @@ def ray_executor(
         address=address, num_cpus=num_cpus, num_gpus=num_gpus, cpus_per_task=cpus_per_task,
         gpus_per_task=gpus_per_task, max_retries=max_retries, log_to_driver=log_to_driver,
         max_in_flight=max_in_flight, shared_run_dir=shared_run_dir,
-        ray_version=getattr(ray, "__version__", ""),
+        threads_per_task=threads_per_task, ray_version=getattr(ray, "__version__", ""),
     )
 
 

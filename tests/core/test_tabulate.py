@@ -130,4 +130,4 @@ def test_the_validated_plan_of_an_l2_apgd_is_l2(tmp_path):
     members = [a for a in valid.attacks if a.startswith("autoattack-fast/")]
     assert members == ["autoattack-fast/apgd-ce", "autoattack-fast/apgd-t"]
     assert valid.attacks["autoattack-fast/apgd-t"].prior == "autoattack-fast/apgd-ce"
-    assert valid.attacks["autoattack-fast/apgd-t"].params["n_target_classes"] == 3
+    assert valid.attacks["autoattack-fast/apgd-t"].params["n_target_classes"] == 5
