@@ -9,6 +9,7 @@ from robench.hookspecs import hookimpl, hookspec
 from robench.host import PluginHost, build_plugin_manager
 from robench.jobs import Job, JobOutcome
 from robench.lazy import lazy
+from robench.lazy import module_getattr as lazy_module_getattr
 from robench.specs import (
     THREATS,
     AdaptorSpec,
@@ -92,6 +93,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "lazy",
+    "lazy_module_getattr",
     "load_backbone_weights",
     "load_config",
     "load_model",

@@ -57,3 +57,15 @@ class LazyFactory:
 def lazy(target: str, /, **bound: Any) -> LazyFactory:
     """``lazy("package.module:callable", **fixed_params)``: a factory imported on first use."""
     return LazyFactory(target, **bound)
+
+
+def module_getattr(module: str, defined_in: dict[str, str]) -> Any:
+    """A module ``__getattr__`` (PEP 562) that imports ``name`` from ``defined_in[name]`` on
+    first use: a registration module keeps exporting the names it exported before its
+    factories became lazy, without importing their modules when it is imported."""
+    def __getattr__(name: str) -> Any:
+        if name in defined_in:
+            return getattr(importlib.import_module(defined_in[name]), name)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

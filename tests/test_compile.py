@@ -24,7 +24,9 @@ from robench.config import COMPILE_BACKENDS, build_config
 from robench.errors import UsageError
 
 #: small enough for a few seconds per run; pgd gives every attacked sample several gradients
-COMPILE_GRID = {**TINY_GRID, "name": "compile", "limit": 40}
+# compiled graphs and the test's own backend live in this process: run the tasks here
+COMPILE_GRID = {**TINY_GRID, "name": "compile", "limit": 40,
+                "executor": {"local": {"workers": 1}}}
 #: what a compiled run must reproduce exactly, row for row
 COMPARED = ["model", "domain", "attack", "threat", "eps", "clean_acc", "robust_acc", "n",
             "n_robust", "n_invalid", "grad_evals", "queries", "status", "error"]

@@ -28,14 +28,9 @@ def _lazy(factory: str) -> Any:
     return robench.lazy(f"{_FACTORIES[factory]}:{factory}")
 
 
-def __getattr__(name: str) -> Any:
-    """The factories under the names this module exported before it became lazy
-    (``robench_defenses.plugin.pgd_at``), imported on first use."""
-    if name in _FACTORIES:
-        import importlib
-
-        return getattr(importlib.import_module(_FACTORIES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: The factories under the names this module exported before it became lazy
+#: (``robench_defenses.plugin.pgd_at``), imported on first use.
+__getattr__ = robench.lazy_module_getattr(__name__, _FACTORIES)
 
 
 def _none() -> None:

@@ -32,14 +32,9 @@ def _lazy(name: str) -> Any:
     return robench.lazy(f"{_DEFINED_IN[name]}:{name}")
 
 
-def __getattr__(name: str) -> Any:
-    """The factories and checks under the names this module exported before it became lazy
-    (``robench_models.plugin.timm_classifier``), imported on first use."""
-    if name in _DEFINED_IN:
-        import importlib
-
-        return getattr(importlib.import_module(_DEFINED_IN[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: The factories and checks under the names this module exported before it became lazy
+#: (``robench_models.plugin.timm_classifier``), imported on first use.
+__getattr__ = robench.lazy_module_getattr(__name__, _DEFINED_IN)
 
 
 @robench.hookimpl

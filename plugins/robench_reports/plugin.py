@@ -26,14 +26,9 @@ def _lazy(cls: str) -> Any:
     return robench.lazy(f"{_CLASSES[cls]}:{cls}")
 
 
-def __getattr__(name: str) -> Any:
-    """The reporter classes under the names this module exported before it became lazy
-    (``robench_reports.plugin.HtmlReporter``), imported on first use."""
-    if name in _CLASSES:
-        import importlib
-
-        return getattr(importlib.import_module(_CLASSES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: The reporter classes under the names this module exported before it became lazy
+#: (``robench_reports.plugin.HtmlReporter``), imported on first use.
+__getattr__ = robench.lazy_module_getattr(__name__, _CLASSES)
 
 
 @robench.hookimpl
