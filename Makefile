@@ -12,11 +12,15 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	# pip 23's resolver settles this project's dependencies in seconds; pip 26's backtracks
+	# until resolution-too-deep (torchattacks pins requests 2.25), so pip stays below 24
+	$(PY) -m pip install -q "pip>=23,<24"
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[test]"
-	# robustbench pins timm==1.0.9; its own needs come with the test extras
-	$(PY) -m pip install -q --no-deps "robustbench>=1.1"
+	# robustbench pins timm==1.0.9, and gdown's requests[socks] defeats pip's resolver next to
+	# torchattacks' requests~=2.25: these come without dependencies (the rest are test extras)
+	$(PY) -m pip install -q --no-deps "robustbench==1.1.1" "pyautoattack==0.2.0" \
+		"torchdiffeq==0.2.5" "geotorch==0.4.0" "gdown==6.5.1"
 	touch $@
 
 setup: $(VENV)/.installed
