@@ -306,26 +306,3 @@ def model_diagnostics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     zero = (grad.flatten(1).abs().amax(1) == 0)
     diag["zero-gradient-fraction"] = float(zero.float().mean())
     return diag
-
-
-@torch.enable_grad()
-def class_images(model: nn.Module, *, num_classes: int, shape: tuple[int, int, int],
-                 steps: int = 30, lr: float = 0.1, seed: int = 0,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
-    """Images optimised from random noise to maximise each class's logit.
-
-    What a model "sees" as a class; gradient ascent on the logit with a small L2 penalty, in
-    a sigmoid parametrisation that keeps pixels in [0, 1].
-    """
-    gen = torch.Generator().manual_seed(seed)
-    z = (torch.randn((num_classes, *shape), generator=gen) * 0.5).to(device).requires_grad_(True)
-    optimizer = torch.optim.Adam([z], lr=lr)
-    classes = torch.arange(num_classes, device=device)
-    for _ in range(steps):
-        images = torch.sigmoid(z)
-        logits = model(images)
-        loss = -logits.gather(1, classes[:, None]).sum() + 1e-3 * (z ** 2).sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return torch.sigmoid(z).detach().cpu()
