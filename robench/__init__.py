@@ -10,6 +10,7 @@ from robench.host import PluginHost, build_plugin_manager
 from robench.jobs import Job, JobOutcome
 from robench.lazy import lazy
 from robench.lazy import module_getattr as lazy_module_getattr
+from robench.params import Check, checked, table_ref
 from robench.specs import (
     THREATS,
     AdaptorSpec,
@@ -70,6 +71,7 @@ __all__ = [
     "AdaptorSpec",
     "AttackSpec",
     "BackboneSpec",
+    "Check",
     "Classifier",
     "DatasetBundle",
     "DatasetSpec",
@@ -90,6 +92,7 @@ __all__ = [
     "__version__",
     "as_tensors",
     "build_plugin_manager",
+    "checked",
     "hookimpl",
     "hookspec",
     "lazy",
@@ -98,4 +101,5 @@ __all__ = [
     "load_config",
     "load_model",
     "run_grid",
+    "table_ref",
 ]

@@ -35,14 +35,12 @@ def _fail(exc: RobenchError) -> None:
 
 
 def _workers(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise UsageError(f"Bad --workers {value!r}: give the number of worker processes, an "
-                         f"integer >= 1 (1 runs every task in this process).")
-    return number
+    """``--workers``, checked like ``[executor.local] workers`` (robench.params)."""
+    from robench.params import Check, check_value
+
+    return check_value(Annotated[int, Check(
+        ge=1, means="worker processes; 1 runs every task in this process")], value,
+        subject="--workers", coerce=True)
 
 
 def _names(value: str | None) -> list[str] | None:

@@ -10,12 +10,14 @@ import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 from robench.errors import UsageError, closest
+from robench.params import Check, check_value
 from robench.specs import THREATS
 
 if sys.version_info >= (3, 11):
@@ -47,21 +49,45 @@ PARAM_TABLES: dict[str, str] = {
 }
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16", "fp16")
-LR_SCHEDULES = ("dann", "constant")
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+LrSchedule = Literal["dann", "constant"]
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 #: ``compile`` values accepted without asking torch: off and the usual torch.compile
 #: backends; any other name that ``torch._dynamo.list_backends(exclude_tags=())`` lists is
 #: accepted too
 COMPILE_BACKENDS = ("off", "inductor", "aot_eager", "eager", "cudagraphs")
 
 
+def _is_device(value: str) -> bool:
+    return value in DEVICES or re.fullmatch(r"cuda:\d+", value) is not None
+
+
+def _is_folder_name(value: str) -> bool:
+    return bool(value) and not {"/", "\\"} & set(value) and value not in (".", "..")
+
+
+# What each scalar key accepts, checked by robench.params like every plugin parameter (the
+# command line's strings become the ints and floats asked for).
+NonEmpty = Annotated[str, Check(test=lambda v: bool(v.strip()), rule="a non-empty string")]
+RunName = Annotated[str, Check(test=_is_folder_name,
+                               rule="a folder name under --out: non-empty, with no path "
+                                    "separators")]
+Device = Annotated[str, Check(test=_is_device, rule="auto, cpu, cuda or cuda:N")]
+Limit = Annotated[int | None, Check(ge=1, rule="an integer >= 1, or 0 or 'all' for the "
+                                                "whole test split")]
+Count = Annotated[int, Check(ge=1)]
+Natural = Annotated[int, Check(ge=0)]
+Rate = Annotated[float, Check(ge=0)]
+
+
 @dataclass
 class GridConfig:
     """Everything that defines a grid run.  Field names are the TOML keys."""
 
-    name: str = "default"
-    dataset: str = "digits"
-    target: str | None = "digits-m"
+    name: RunName = "default"
+    dataset: NonEmpty = "digits"
+    target: Annotated[str | None, Check(rule="a dataset name, or none")] = "digits-m"
     backbones: list[str] = field(default_factory=lambda: ["digits-cnn", "timm:test_resnet"])
     heads: list[str] = field(default_factory=lambda: ["linear"])
     adaptors: list[str] = field(default_factory=lambda: ["none", "dann"])
@@ -75,27 +101,27 @@ class GridConfig:
         default_factory=lambda: ["fgsm", "pgd", "noise", "autoattack-fast"])
     eps: dict[str, list[str]] = field(default_factory=dict)
     reporters: list[str] = field(default_factory=lambda: ["csv", "md", "html", "json"])
-    limit: int | None = 300
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 1e-3
+    limit: Limit = 300
+    epochs: Natural = 12
+    batch_size: Count = 32
+    lr: Rate = 1e-3
     #: "dann" (lr / (1 + 10 p) ** 0.75, Ganin & Lempitsky) or "constant"; the same for every
     #: model of the grid, so adaptors are compared under one optimiser schedule
-    lr_schedule: str = "dann"
-    weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "auto"
+    lr_schedule: LrSchedule = "dann"
+    weight_decay: Rate = 1e-4
+    seed: Natural = 0
+    device: Device = "auto"
     #: fp32, or autocast in bf16 / fp16 (fp16 on CUDA only) for training and attacks
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     #: "off", or a torch.compile backend for the evaluated model (clean passes, attacks and
     #: verification; training is never compiled).  Unlike ``precision`` it is not part of
     #: any task key: it changes speed, not results (equal to float rounding, like ``device``),
     #: so switching it on or off resumes a run instead of recomputing it
     compile: str = "off"
-    executor: str = "local"
-    out: str = "reports"
+    executor: NonEmpty = "local"
+    out: NonEmpty = "reports"
     fresh: bool = False
-    eval_batch_size: int = 256
+    eval_batch_size: Count = 256
     #: per-plugin parameters: {"attack": {"pgd": {"steps": 20}}, ...}
     params: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
@@ -117,9 +143,6 @@ class GridConfig:
     def eps_values(self, threat: str) -> list[float]:
         """The eps list of ``threat``, ascending, as floats."""
         return sorted(self.eps_labels(threat))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------- eps
@@ -212,6 +235,10 @@ def check_compile(value: Any) -> str:
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(GridConfig)}
+#: keys whose values robench.params checks against the field's annotation
+_SCALAR_KEYS = ("name", "dataset", "executor", "out", "limit", "epochs", "batch_size",
+                "eval_batch_size", "seed", "lr", "weight_decay", "fresh", "device",
+                "lr_schedule", "precision")
 _LIST_KEYS = ("backbones", "heads", "adaptors", "models", "defenses", "attacks", "reporters")
 #: the dataset whose showcase target and adaptors are the defaults (the default grid's)
 SHOWCASE_DATASET = "digits"
@@ -244,28 +271,20 @@ def _split_names(value: Any, key: str) -> list[str]:
     return items
 
 
-def _int(value: Any, key: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise UsageError(f"Config key {key!r} must be an integer >= {minimum}, got {value!r}.")
-    try:
-        number = int(value)
-    except ValueError:
-        raise UsageError(
-            f"Config key {key!r} must be an integer >= {minimum}, got {value!r}."
-        ) from None
-    if number < minimum:
-        raise UsageError(f"Config key {key!r} must be an integer >= {minimum}, got {number}.")
-    return number
+@cache
+def _annotations() -> dict[str, Any]:
+    """The fields' annotations as objects (``Annotated`` checks included)."""
+    return get_type_hints(GridConfig, include_extras=True)
 
 
-def _float(value: Any, key: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"Config key {key!r} must be a positive number, got {value!r}.") from None
-    if not math.isfinite(number) or number < 0:
-        raise UsageError(f"Config key {key!r} must be a positive number, got {value!r}.")
-    return number
+def _scalar(key: str, value: Any) -> Any:
+    """A scalar key's value, checked against its field's annotation (strings from the command
+    line converted to the number asked for); names and paths stripped, device lower-cased."""
+    if key == "limit" and value in (0, "0", "all") and not isinstance(value, bool):
+        return None  # the whole test split
+    if isinstance(value, str):
+        value = value.strip().lower() if key == "device" else value.strip()
+    return check_value(_annotations()[key], value, subject=f"Config key {key!r}", coerce=True)
 
 
 def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> GridConfig:
@@ -343,60 +362,15 @@ def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> Gri
                     parse_eps_value(str(threat), v)
                 eps[str(threat)] = [str(v) for v in values]
             config.eps = eps
-        elif key in ("limit",):
-            if isinstance(value, bool):
-                raise UsageError(f"Config key 'limit' must be an integer >= 1, or 0 or 'all' "
-                                 f"for the whole test split; got {value!r}.")
-            if value in (0, "0", "all"):
-                config.limit = None
-            else:
-                try:
-                    config.limit = _int(value, key, minimum=1)
-                except UsageError:
-                    raise UsageError(
-                        f"Config key 'limit' must be an integer >= 1, or 0 or 'all' for the "
-                        f"whole test split; got {value!r}.") from None
-        elif key in ("epochs", "batch_size", "eval_batch_size"):
-            setattr(config, key, _int(value, key, minimum=1 if key != "epochs" else 0))
-        elif key == "seed":
-            config.seed = _int(value, key, minimum=0)
-        elif key in ("lr", "weight_decay"):
-            setattr(config, key, _float(value, key))
-        elif key == "fresh":
-            if not isinstance(value, bool):
-                raise UsageError(f"Config key 'fresh' must be true or false, got {value!r}.")
-            config.fresh = value
-        elif key == "device":
-            device = str(value).lower()
-            if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
-                raise UsageError(
-                    f"Bad device {value!r}: use auto, cpu, cuda or cuda:N."
-                )
-            config.device = device
-        elif key == "lr_schedule":
-            if value not in LR_SCHEDULES:
-                raise UsageError(f"Bad lr_schedule {value!r}: use {', '.join(LR_SCHEDULES)}.")
-            config.lr_schedule = value
-        elif key == "precision":
-            if value not in PRECISIONS:
-                raise UsageError(f"Bad precision {value!r}: use {', '.join(PRECISIONS)}.")
-            config.precision = value
+        elif key in _SCALAR_KEYS:
+            setattr(config, key, _scalar(key, value))
         elif key == "compile":
             config.compile = check_compile(value)
         elif key == "target":
-            config.target = None if value in ("", "none", None) else str(value)
-        elif key in ("name",):
-            name = str(value).strip()
-            if not name or "/" in name or "\\" in name or name in (".", ".."):
-                raise UsageError(
-                    f"Bad run name {value!r}: it names a folder under --out, so it must be "
-                    f"non-empty and contain no path separators."
-                )
-            config.name = name
-        else:
-            if not isinstance(value, str) or not value.strip():
-                raise UsageError(f"Config key {key!r} must be a non-empty string, got {value!r}.")
-            setattr(config, key, value.strip())
+            target = _scalar(key, value)
+            config.target = None if target in ("", "none", None) else target
+        else:  # pragma: no cover - every field is one of the kinds above
+            raise AssertionError(f"config key {key!r} has no check")
     if config.target == config.dataset:
         raise UsageError(
             f"target {config.target!r} is the same as dataset; give another domain or none."

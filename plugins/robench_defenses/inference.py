@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -34,10 +35,7 @@ class JPEG(InferenceWrapper):
 
     def __init__(self, model: nn.Module, *, quality: int = 75) -> None:
         super().__init__(model)
-        if isinstance(quality, bool) or int(quality) != quality or not 1 <= quality <= 100:
-            raise robench.UsageError(
-                f"defense 'jpeg': quality must be an integer from 1 to 100, got {quality!r}.")
-        self.quality = int(quality)
+        self.quality = int(quality)  # checked by the factory
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] not in (1, 3):
@@ -66,10 +64,7 @@ class BitDepth(InferenceWrapper):
 
     def __init__(self, model: nn.Module, *, bits: int = 4) -> None:
         super().__init__(model)
-        if isinstance(bits, bool) or int(bits) != bits or not 1 <= bits <= 8:
-            raise robench.UsageError(
-                f"defense 'bit-depth': bits must be an integer from 1 to 8, got {bits!r}.")
-        self.bits = int(bits)
+        self.bits = int(bits)  # checked by the factory
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         levels = 2 ** self.bits - 1
@@ -92,15 +87,7 @@ class RandomResizePad(InferenceWrapper):
 
     def __init__(self, model: nn.Module, *, min_scale: float = 0.9) -> None:
         super().__init__(model)
-        try:
-            ok = not isinstance(min_scale, bool) and 0 < float(min_scale) <= 1
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise robench.UsageError(
-                f"defense 'random-resize-pad': min_scale must be a number in (0, 1], "
-                f"got {min_scale!r}.")
-        self.min_scale = float(min_scale)
+        self.min_scale = float(min_scale)  # checked by the factory
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -124,13 +111,23 @@ class RandomResizePad(InferenceWrapper):
                              align_corners=False)
 
 
-def jpeg(*, model: nn.Module, quality: int = 75) -> JPEG:
+# The inference defenses' parameters, declared on their factories and checked by robench's
+# one validator (``robench.checked``; the host checks them the same way before a build).
+Quality = Annotated[int, robench.Check(ge=1, le=100, means="JPEG quality")]
+Bits = Annotated[int, robench.Check(ge=1, le=8)]
+MinScale = Annotated[float, robench.Check(gt=0, le=1)]
+
+
+@robench.checked("[defense.jpeg]")
+def jpeg(*, model: nn.Module, quality: Quality = 75) -> JPEG:
     return JPEG(model, quality=quality)
 
 
-def bit_depth(*, model: nn.Module, bits: int = 4) -> BitDepth:
+@robench.checked("[defense.bit-depth]")
+def bit_depth(*, model: nn.Module, bits: Bits = 4) -> BitDepth:
     return BitDepth(model, bits=bits)
 
 
-def random_resize_pad(*, model: nn.Module, min_scale: float = 0.9) -> RandomResizePad:
+@robench.checked("[defense.random-resize-pad]")
+def random_resize_pad(*, model: nn.Module, min_scale: MinScale = 0.9) -> RandomResizePad:
     return RandomResizePad(model, min_scale=min_scale)

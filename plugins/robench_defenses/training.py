@@ -11,9 +11,8 @@ nor written by the attack's batches, as in TRADES's and Rice et al.'s code); ``a
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
@@ -25,20 +24,17 @@ from robench.defenses import BuildAttack, check_build_attack, eval_mode, maximis
 THREAT_ATTACKS = {"linf": "pgd", "l2": "pgd-l2"}
 
 
-def _number(value: Any, *, name: str, defense: str, minimum: float = 0.0,
-            strict: bool = True, integer: bool = False) -> float:
-    try:
-        ok = not isinstance(value, bool) and math.isfinite(float(value))
-        ok = ok and (float(value) > minimum if strict else float(value) >= minimum)
-        ok = ok and (not integer or int(value) == value)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        kind = "an integer" if integer else "a finite number"
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise robench.UsageError(
-            f"defense {defense!r}: parameter {name} must be {kind} {bound}, got {value!r}.")
-    return int(value) if integer else float(value)
+# The training defenses' parameters, declared on their factories and checked by robench's one
+# validator (``robench.checked``; the host checks them the same way before a build).
+Eps = Annotated[float, robench.Check(gt=0)]
+Steps = Annotated[int, robench.Check(gt=0)]
+Step = Annotated[float | None, robench.Check(gt=0)]
+RelStep = Annotated[float, robench.Check(gt=0)]
+Threat = Literal["linf", "l2"]
+Warmup = Annotated[float, robench.Check(ge=0, means="epochs over which eps rises from 0")]
+Beta = Annotated[float, robench.Check(ge=0)]
+AttackMode = Annotated[Literal["eval", "train"], robench.Check(
+    rule="'eval' (batch norm in inference mode while attacking) or 'train'")]
 
 
 class AdversarialTraining:
@@ -63,26 +59,15 @@ class AdversarialTraining:
                  steps: int | None = None, step_size: float | None = None,
                  rel_step_size: float | None = None, threat: str = "linf",
                  warmup_epochs: float = 0.0, attack_mode: str = "eval") -> None:
+        # the values were checked by the factory (pgd_at, trades, fgsm_rs)
         self.build_attack = check_build_attack(build_attack, self.name)
-        self.eps = _number(eps, name="eps", defense=self.name)
-        self.steps = int(_number(self.default_steps if steps is None else steps, name="steps",
-                                 defense=self.name, integer=True))
-        self.step_size = (None if step_size is None
-                          else _number(step_size, name="step_size", defense=self.name))
-        self.rel_step_size = _number(self.default_rel_step if rel_step_size is None
-                                     else rel_step_size, name="rel_step_size",
-                                     defense=self.name)
-        if threat not in THREAT_ATTACKS:
-            raise robench.UsageError(
-                f"defense {self.name!r}: threat must be one of {', '.join(THREAT_ATTACKS)}, "
-                f"got {threat!r}.")
+        self.eps = float(eps)
+        self.steps = int(self.default_steps if steps is None else steps)
+        self.step_size = None if step_size is None else float(step_size)
+        self.rel_step_size = float(self.default_rel_step if rel_step_size is None
+                                   else rel_step_size)
         self.threat = threat
-        self.warmup_epochs = _number(warmup_epochs, name="warmup_epochs", defense=self.name,
-                                     strict=False)
-        if attack_mode not in ("eval", "train"):
-            raise robench.UsageError(
-                f"defense {self.name!r}: attack_mode must be 'eval' (batch norm in inference "
-                f"mode while attacking) or 'train', got {attack_mode!r}.")
+        self.warmup_epochs = float(warmup_epochs)
         self.attack_mode = attack_mode
         self.epochs: int | None = None
         self.steps_per_epoch: int | None = None
@@ -195,7 +180,7 @@ class TRADES(AdversarialTraining):
         super().__init__(build_attack=build_attack, eps=eps, steps=steps, step_size=step_size,
                          rel_step_size=rel_step_size, threat=threat,
                          warmup_epochs=warmup_epochs, attack_mode=attack_mode)
-        self.beta = _number(beta, name="beta", defense=self.name, strict=False)
+        self.beta = float(beta)
 
     def sample_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         with torch.no_grad():
@@ -232,31 +217,34 @@ class FastAdversarialTraining(AdversarialTraining):
     def __init__(self, *, build_attack: BuildAttack, eps: float = 8 / 255,
                  alpha: float | None = None, threat: str = "linf",
                  warmup_epochs: float = 0.0, attack_mode: str = "eval") -> None:
-        step = None if alpha is None else _number(alpha, name="alpha", defense=self.name)
+        step = None if alpha is None else float(alpha)
         super().__init__(build_attack=build_attack, eps=eps, steps=1, step_size=step,
                          threat=threat, warmup_epochs=warmup_epochs, attack_mode=attack_mode)
 
 
-def pgd_at(*, build_attack: BuildAttack, eps: float = 8 / 255, steps: int = 10,
-           step_size: float | None = None, rel_step_size: float = 2.5, threat: str = "linf",
-           warmup_epochs: float = 0.0, attack_mode: str = "eval") -> AdversarialTraining:
+@robench.checked("[defense.pgd-at]")
+def pgd_at(*, build_attack: BuildAttack, eps: Eps = 8 / 255, steps: Steps = 10,
+           step_size: Step = None, rel_step_size: RelStep = 2.5, threat: Threat = "linf",
+           warmup_epochs: Warmup = 0.0, attack_mode: AttackMode = "eval") -> AdversarialTraining:
     return AdversarialTraining(build_attack=build_attack, eps=eps, steps=steps,
                                step_size=step_size, rel_step_size=rel_step_size, threat=threat,
                                warmup_epochs=warmup_epochs, attack_mode=attack_mode)
 
 
-def trades(*, build_attack: BuildAttack, eps: float = 8 / 255, beta: float = 6.0,
-           steps: int = 10, step_size: float | None = None, rel_step_size: float = 2.5,
-           threat: str = "linf", warmup_epochs: float = 0.0,
-           attack_mode: str = "eval") -> TRADES:
+@robench.checked("[defense.trades]")
+def trades(*, build_attack: BuildAttack, eps: Eps = 8 / 255, beta: Beta = 6.0,
+           steps: Steps = 10, step_size: Step = None, rel_step_size: RelStep = 2.5,
+           threat: Threat = "linf", warmup_epochs: Warmup = 0.0,
+           attack_mode: AttackMode = "eval") -> TRADES:
     return TRADES(build_attack=build_attack, eps=eps, beta=beta, steps=steps,
                   step_size=step_size, rel_step_size=rel_step_size, threat=threat,
                   warmup_epochs=warmup_epochs, attack_mode=attack_mode)
 
 
-def fgsm_rs(*, build_attack: BuildAttack, eps: float = 8 / 255, alpha: float | None = None,
-            threat: str = "linf", warmup_epochs: float = 0.0,
-            attack_mode: str = "eval") -> FastAdversarialTraining:
+@robench.checked("[defense.fgsm-rs]")
+def fgsm_rs(*, build_attack: BuildAttack, eps: Eps = 8 / 255, alpha: Step = None,
+            threat: Threat = "linf", warmup_epochs: Warmup = 0.0,
+            attack_mode: AttackMode = "eval") -> FastAdversarialTraining:
     return FastAdversarialTraining(build_attack=build_attack, eps=eps, alpha=alpha,
                                    threat=threat, warmup_epochs=warmup_epochs,
                                    attack_mode=attack_mode)

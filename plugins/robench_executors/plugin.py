@@ -12,10 +12,17 @@ import os
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
+from typing import Annotated
 
 import robench
 from robench import jobs as jobs_mod
 from robench.jobs import Dependencies, Job, JobOutcome
+
+#: ``[executor.local]`` options, checked by robench's one validator (``robench.checked``)
+Workers = Annotated[int | None, robench.Check(
+    ge=1, rule="an integer >= 1 or left out (one per usable CPU core, divided by "
+               "threads_per_task)")]
+Threads = Annotated[int, robench.Check(ge=1, means="torch threads of each task")]
 
 
 def _gpus_of(job: Job) -> float:
@@ -56,17 +63,9 @@ class LocalExecutor:
 
     supports_dependencies = True
 
-    def __init__(self, *, workers: int | None = None,
-                 threads_per_task: int = jobs_mod.DEFAULT_THREADS_PER_TASK) -> None:
-        for key, value, optional in (("workers", workers, True),
-                                     ("threads_per_task", threads_per_task, False)):
-            if value is None and optional:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise robench.UsageError(
-                    f"[executor.local] {key} must be a whole number >= 1"
-                    f"{' or left out (one per CPU core)' if optional else ''}, got {value!r}."
-                )
+    @robench.checked("[executor.local]")
+    def __init__(self, *, workers: Workers = None,
+                 threads_per_task: Threads = jobs_mod.DEFAULT_THREADS_PER_TASK) -> None:
         self.workers = workers
         self.threads_per_task = threads_per_task
 
@@ -119,8 +118,8 @@ class LocalExecutor:
             yield from waiting.finished(outcome)
 
 
-def local(*, workers: int | None = None,
-          threads_per_task: int = jobs_mod.DEFAULT_THREADS_PER_TASK) -> LocalExecutor:
+def local(*, workers: Workers = None,
+          threads_per_task: Threads = jobs_mod.DEFAULT_THREADS_PER_TASK) -> LocalExecutor:
     """Build the ``local`` executor; every parameter is a key of ``[executor.local]``.
 
     ``workers``: worker processes running jobs side by side (default: one per usable CPU

@@ -7,6 +7,7 @@ checked, not when they are listed.
 from __future__ import annotations
 
 from collections import deque
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
@@ -14,6 +15,15 @@ from torch.nn import functional as F
 
 import robench
 from robench_grl.layers import dann_lambda, dann_lr_factor, grad_reverse
+
+#: ``[adaptor.dann]`` parameters with a rule of their own, checked by robench's one validator
+#: (``robench.checked`` on :class:`DANN`; the host checks the ``dann`` factory the same way)
+Width = Annotated[int, robench.Check(ge=1)]
+LambdaSchedule = Annotated[Literal["dann", "constant"], robench.Check(
+    rule="'dann' (2/(1+exp(-gamma p))-1) or 'constant' (max_lambda throughout)")]
+LrSchedule = Annotated[Literal["dann", "constant"] | None, robench.Check(
+    rule="'constant' or 'dann' (mu0/(1+alpha p)^beta), or left out to follow the grid's "
+         "lr_schedule")]
 
 
 class SourceOnly(nn.Module):
@@ -38,23 +48,13 @@ class DANN(nn.Module):
 
     uses_target = True
 
-    def __init__(self, num_features: int, *, hidden: int = 100, depth: int = 2,
+    @robench.checked("[adaptor.dann]")
+    def __init__(self, num_features: int, *, hidden: Width = 100, depth: Width = 2,
                  dropout: float = 0.0, weight: float = 1.0, gamma: float = 10.0,
-                 max_lambda: float = 0.5, lambda_schedule: str = "dann",
-                 lr_schedule: str | None = None, lr_alpha: float = 10.0,
+                 max_lambda: float = 0.5, lambda_schedule: LambdaSchedule = "dann",
+                 lr_schedule: LrSchedule = None, lr_alpha: float = 10.0,
                  lr_beta: float = 0.75) -> None:
         super().__init__()
-        if lambda_schedule not in ("dann", "constant"):
-            raise robench.UsageError(
-                f"adaptor 'dann': lambda_schedule must be 'dann' (2/(1+exp(-gamma p))-1) or "
-                f"'constant' (max_lambda throughout), got {lambda_schedule!r}.")
-        if lr_schedule not in (None, "constant", "dann"):
-            raise robench.UsageError(
-                f"adaptor 'dann': lr_schedule must be 'constant' or 'dann' "
-                f"(mu0/(1+alpha p)^beta), or unset to follow the grid's lr_schedule; got "
-                f"{lr_schedule!r}.")
-        if depth < 1 or hidden < 1:
-            raise robench.UsageError("adaptor 'dann': depth and hidden must be >= 1.")
         layers: list[nn.Module] = []
         width = num_features
         for _ in range(depth - 1):

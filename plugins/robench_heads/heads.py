@@ -5,11 +5,19 @@ Imported when a head is built or its parameters are checked, not when the heads 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
 import robench
 
 PRETRAINED_LR_SCALE = 0.1
+
+#: head parameters with bounds, checked by robench's one validator (``robench.checked`` on
+#: the factories; the host checks them the same way before a build)
+Stages = Annotated[int, robench.Check(ge=0, means="top-level backbone stages trained")]
+Hidden = Annotated[int, robench.Check(ge=1)]
+Dropout = Annotated[float, robench.Check(ge=0, lt=1)]
 
 
 class Head(nn.Module):
@@ -45,8 +53,6 @@ class PartialHead(Head):
     def __init__(self, layers: nn.Module, *, trainable_stages: int,
                  backbone_lr_scale: float | None) -> None:
         super().__init__(layers, backbone_lr_scale=backbone_lr_scale)
-        if trainable_stages < 0:
-            raise robench.UsageError("head 'partial': trainable_stages must be >= 0.")
         self.trainable_stages = trainable_stages
 
     def prepare_backbone(self, backbone: nn.Module) -> None:
@@ -69,16 +75,16 @@ def linear_probe(*, num_features: int, num_classes: int) -> Head:
     return ProbeHead(nn.Linear(num_features, num_classes), backbone_lr_scale=0.0)
 
 
-def partial(*, num_features: int, num_classes: int, trainable_stages: int = 1,
+@robench.checked("[head.partial]")
+def partial(*, num_features: int, num_classes: int, trainable_stages: Stages = 1,
             backbone_lr_scale: float | None = None) -> Head:
     return PartialHead(nn.Linear(num_features, num_classes), trainable_stages=trainable_stages,
                        backbone_lr_scale=backbone_lr_scale)
 
 
-def mlp(*, num_features: int, num_classes: int, hidden: int = 256, dropout: float = 0.2,
+@robench.checked("[head.mlp]")
+def mlp(*, num_features: int, num_classes: int, hidden: Hidden = 256, dropout: Dropout = 0.2,
         backbone_lr_scale: float | None = None) -> Head:
-    if hidden < 1 or not 0 <= dropout < 1:
-        raise robench.UsageError("head 'mlp': hidden must be >= 1 and dropout in [0, 1).")
     layers = nn.Sequential(nn.Linear(num_features, hidden), nn.ReLU(), nn.Dropout(dropout),
                            nn.Linear(hidden, num_classes))
     return Head(layers, backbone_lr_scale=backbone_lr_scale)

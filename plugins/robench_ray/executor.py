@@ -29,7 +29,7 @@ import warnings
 import weakref
 from collections.abc import Iterable, Iterator
 from types import ModuleType
-from typing import Any
+from typing import Annotated, Any
 
 import robench
 from robench import Job, JobOutcome
@@ -96,21 +96,29 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def _check_number(value: Any, key: str, *, minimum: float, integer: bool,
-                  optional: bool, strict: bool = False) -> None:
-    """Refuse a bad ``[executor.ray]`` value with a message naming the key."""
-    if value is None and optional:
-        return
-    kind = "an integer" if integer else "a number"
-    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        integer and not isinstance(value, int)) or not math.isfinite(value) or (
-        value <= minimum if strict else value < minimum)
-    if bad:
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise robench.UsageError(
-            f"[executor.ray] {key} must be {kind} {bound}"
-            f"{' or left out' if optional else ''}, got {value!r}."
-        )
+def _fraction_or_whole(value: float) -> bool:
+    return value <= 1 or value % 1 == 0
+
+
+def _non_blank(value: str) -> bool:
+    return bool(value.strip())
+
+
+# The ``[executor.ray]`` options as the factory and the executor declare them, checked by
+# robench's one validator (``robench.checked``; the host checks them the same way).
+Address = Annotated[str | None, robench.Check(
+    test=_non_blank, rule='a Ray address such as "auto", "HOST:6379" or "ray://HOST:10001", '
+                          'or left out')]
+Cpus = Annotated[int | None, robench.Check(ge=1)]
+Gpus = Annotated[int | None, robench.Check(ge=0)]
+CpusPerTask = Annotated[float, robench.Check(gt=0)]
+GpusPerTask = Annotated[float | None, robench.Check(
+    ge=0, test=_fraction_or_whole,
+    rule="a number >= 0, a fraction up to 1 or a whole number of GPUs (Ray's rule), or left "
+         "out")]
+Retries = Annotated[int, robench.Check(ge=-1, means="-1: without limit")]
+InFlight = Annotated[int | None, robench.Check(ge=1)]
+Threads = Annotated[int, robench.Check(ge=1)]
 
 
 def _machine_cpus() -> int:
@@ -200,48 +208,22 @@ class RayExecutor:
 
     supports_dependencies = True
 
+    @robench.checked("[executor.ray]")
     def __init__(
         self,
         *,
-        address: str | None = None,
-        num_cpus: int | None = None,
-        num_gpus: int | None = None,
-        cpus_per_task: float = 1.0,
-        gpus_per_task: float | None = None,
-        max_retries: int = 0,
+        address: Address = None,
+        num_cpus: Cpus = None,
+        num_gpus: Gpus = None,
+        cpus_per_task: CpusPerTask = 1.0,
+        gpus_per_task: GpusPerTask = None,
+        max_retries: Retries = 0,
         log_to_driver: bool = False,
-        max_in_flight: int | None = None,
+        max_in_flight: InFlight = None,
         shared_run_dir: bool = True,
-        threads_per_task: int = DEFAULT_THREADS_PER_TASK,
+        threads_per_task: Threads = DEFAULT_THREADS_PER_TASK,
         ray_version: str = "",
     ) -> None:
-        if address is not None and (not isinstance(address, str) or not address.strip()):
-            raise robench.UsageError(
-                f"[executor.ray] address must be a Ray address such as \"auto\", "
-                f"\"HOST:6379\" or \"ray://HOST:10001\", got {address!r}."
-            )
-        _check_number(num_cpus, "num_cpus", minimum=1, integer=True, optional=True)
-        _check_number(num_gpus, "num_gpus", minimum=0, integer=True, optional=True)
-        _check_number(cpus_per_task, "cpus_per_task", minimum=0, integer=False,
-                      optional=False, strict=True)
-        _check_number(gpus_per_task, "gpus_per_task", minimum=0, integer=False, optional=True)
-        _check_number(max_retries, "max_retries", minimum=-1, integer=True, optional=False)
-        _check_number(max_in_flight, "max_in_flight", minimum=1, integer=True, optional=True)
-        _check_number(threads_per_task, "threads_per_task", minimum=1, integer=True,
-                      optional=False)
-        if gpus_per_task is not None and gpus_per_task > 1 and gpus_per_task % 1:
-            raise robench.UsageError(
-                f"[executor.ray] gpus_per_task must be a fraction up to 1 or a whole number "
-                f"of GPUs (Ray's rule), got {gpus_per_task!r}."
-            )
-        if not isinstance(shared_run_dir, bool):
-            raise robench.UsageError(
-                f"[executor.ray] shared_run_dir must be true or false, got {shared_run_dir!r}."
-            )
-        if not isinstance(log_to_driver, bool):
-            raise robench.UsageError(
-                f"[executor.ray] log_to_driver must be true or false, got {log_to_driver!r}."
-            )
         if address is not None and (num_cpus is not None or num_gpus is not None):
             raise robench.UsageError(
                 f"[executor.ray] num_cpus and num_gpus size a local Ray instance, but address "

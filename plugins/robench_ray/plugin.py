@@ -1,27 +1,39 @@
 """Registers the ``ray`` executor: ``--executor ray`` or an ``[executor.ray]`` table.
 
-The factory checks that Ray is importable (``pip install robench[ray]``) and validates the
-``[executor.ray]`` parameters; :mod:`robench_ray.executor` does the work.
+The factory checks that Ray is importable (``pip install robench[ray]``); the
+``[executor.ray]`` parameters are checked against their annotations by robench's one
+validator (:func:`robench.checked`); :mod:`robench_ray.executor` does the work.
 """
 
 from __future__ import annotations
 
 import robench
-from robench_ray.executor import MIN_RAY_VERSION, RayExecutor
+from robench_ray.executor import (
+    MIN_RAY_VERSION,
+    Address,
+    Cpus,
+    CpusPerTask,
+    Gpus,
+    GpusPerTask,
+    InFlight,
+    RayExecutor,
+    Retries,
+    Threads,
+)
 
 
 def ray_executor(
     *,
-    address: str | None = None,
-    num_cpus: int | None = None,
-    num_gpus: int | None = None,
-    cpus_per_task: float = 1.0,
-    gpus_per_task: float | None = None,
-    max_retries: int = 0,
+    address: Address = None,
+    num_cpus: Cpus = None,
+    num_gpus: Gpus = None,
+    cpus_per_task: CpusPerTask = 1.0,
+    gpus_per_task: GpusPerTask = None,
+    max_retries: Retries = 0,
     log_to_driver: bool = False,
-    max_in_flight: int | None = None,
+    max_in_flight: InFlight = None,
     shared_run_dir: bool = True,
-    threads_per_task: int = 1,
+    threads_per_task: Threads = 1,
 ) -> RayExecutor:
     """Build the ``ray`` executor; every parameter is a key of ``[executor.ray]``.
 

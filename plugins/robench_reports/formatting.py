@@ -12,12 +12,12 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 
-from robench.errors import UsageError
+import robench
 
 _MD_SPECIALS = re.compile(r"([\\`*_\[\]|])")
 
@@ -117,13 +117,14 @@ def to_json(value: Any) -> str:
     return json.dumps(plain(value), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
 
-def check_stem(stem: str, *, what: str = "stem") -> str:
-    """A reporter's output name must be a plain file name inside the run folder."""
-    if not isinstance(stem, str) or not stem or stem in (".", "..") or "/" in stem \
-            or "\\" in stem or "\x00" in stem:
-        raise UsageError(f"Reporter parameter {what}={stem!r} must be a plain file name "
-                         f"without folders, e.g. 'leaderboard'.")
-    return stem
+def _plain_file_name(stem: str) -> bool:
+    return bool(stem) and stem not in (".", "..") and not {"/", "\\", "\x00"} & set(stem)
+
+
+#: a reporter's output name: a plain file name inside the run folder, without its suffix;
+#: reporters annotate ``stem`` with it and are decorated with ``robench.checked``
+FileStem = Annotated[str, robench.Check(
+    test=_plain_file_name, rule="a plain file name without folders, e.g. 'leaderboard'")]
 
 
 def provenance_lines(provenance: Mapping[str, Any] | None) -> list[tuple[str, str]]:

@@ -21,14 +21,14 @@ import math
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jinja2
 import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from robench.errors import UsageError
+import robench
 from robench.io import atomic_write_text
 from robench.leaderboard import (
     GROUP_KEYS,
@@ -51,7 +51,7 @@ from robench_reports.figures import (
     heatmap_figure,
     image_uri,
 )
-from robench_reports.formatting import check_stem, is_missing, number, pct, plain, signed_pp
+from robench_reports.formatting import FileStem, is_missing, number, pct, plain, signed_pp
 from robench_reports.text import run_title
 
 TEMPLATE = "leaderboard.html.j2"
@@ -448,6 +448,11 @@ def _text(value: Any) -> str:
 # --------------------------------------------------------------------------- the page
 
 
+#: ``[reporter.html]`` parameters, checked by robench's one validator (``robench.checked``)
+MaxExamples = Annotated[int, robench.Check(ge=0, means="images per strip")]
+Dpi = Annotated[int, robench.Check(ge=30, le=300, means="of the plots; lower for smaller files")]
+
+
 class HtmlReporter:
     """``leaderboard.html``: sortable, filterable table, curves, heatmap, domain bars,
     adversarial examples and class-maximisation images, in one offline file.
@@ -456,14 +461,10 @@ class HtmlReporter:
     ``dpi`` (of the plots; lower for smaller files).
     """
 
-    def __init__(self, *, stem: str = "leaderboard", max_examples: int = 8,
-                 dpi: int = 90) -> None:
-        self.stem = check_stem(stem)
-        if not isinstance(max_examples, int) or max_examples < 0:
-            raise UsageError(f"Reporter parameter max_examples={max_examples!r} must be an "
-                             "integer >= 0.")
-        if not isinstance(dpi, int) or not 30 <= dpi <= 300:
-            raise UsageError(f"Reporter parameter dpi={dpi!r} must be an integer in 30..300.")
+    @robench.checked("[reporter.html]")
+    def __init__(self, *, stem: FileStem = "leaderboard", max_examples: MaxExamples = 8,
+                 dpi: Dpi = 90) -> None:
+        self.stem = stem
         self.max_examples = max_examples
         self.dpi = dpi
 

@@ -13,11 +13,12 @@ from typing import Any
 
 import pandas as pd
 
+import robench
 from robench.io import atomic_write_text
 from robench.leaderboard import HEADLINE_DOC, build_leaderboard, choose_headline
 from robench.results import COLUMNS
 from robench_reports.formatting import (
-    check_stem,
+    FileStem,
     md_escape,
     number,
     pct,
@@ -51,8 +52,9 @@ def run_title(results: pd.DataFrame, context: Mapping[str, Any]) -> str:
 class CsvReporter:
     """``leaderboard.csv``: the full leaderboard table, every column, full precision."""
 
-    def __init__(self, *, stem: str = "leaderboard") -> None:
-        self.stem = check_stem(stem)
+    @robench.checked("[reporter.csv]")
+    def __init__(self, *, stem: FileStem = "leaderboard") -> None:
+        self.stem = stem
 
     def write(self, results: pd.DataFrame, run_dir: Path, context: dict[str, Any]) -> list[Path]:
         board = build_leaderboard(results)
@@ -67,9 +69,11 @@ class JsonReporter:
     a JSON consumer (a website, a notebook) needs nothing else.  NaN becomes null.
     """
 
-    def __init__(self, *, stem: str = "leaderboard", results_stem: str = "results") -> None:
-        self.stem = check_stem(stem)
-        self.results_stem = check_stem(results_stem, what="results_stem")
+    @robench.checked("[reporter.json]")
+    def __init__(self, *, stem: FileStem = "leaderboard",
+                 results_stem: FileStem = "results") -> None:
+        self.stem = stem
+        self.results_stem = results_stem
 
     def write(self, results: pd.DataFrame, run_dir: Path, context: dict[str, Any]) -> list[Path]:
         run_dir = Path(run_dir)
@@ -120,8 +124,9 @@ class MarkdownReporter:
     every eps, then the run's provenance.  Every cell is escaped with :func:`md_escape`.
     """
 
-    def __init__(self, *, stem: str = "leaderboard") -> None:
-        self.stem = check_stem(stem)
+    @robench.checked("[reporter.md]")
+    def __init__(self, *, stem: FileStem = "leaderboard") -> None:
+        self.stem = stem
 
     def render(self, results: pd.DataFrame, context: dict[str, Any]) -> str:
         board = build_leaderboard(results)
