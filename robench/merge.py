@@ -46,7 +46,6 @@ KEY_COLUMNS: tuple[str, ...] = ("run", "model", "dataset", "domain", "attack", "
 #: the measured values compared between rows with the same key (timings may differ)
 VALUE_COLUMNS: tuple[str, ...] = ("clean_acc", "robust_acc", "n", "n_robust", "n_invalid",
                                   "status")
-ACCURACY_COLUMNS: tuple[str, ...] = ("clean_acc", "robust_acc")
 COUNT_COLUMNS: tuple[str, ...] = ("n", "n_robust", "n_invalid", "grad_evals", "queries",
                                   "seed", "params")
 DOMAINS: tuple[str, ...] = ("source", "target")

@@ -75,15 +75,6 @@ class Store:
                 (key, kind, label, status, json.dumps(payload, default=str), time.time()),
             )
 
-    def items(self, kind: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
-        query = "SELECT key, status, payload FROM tasks"
-        args: tuple = ()
-        if kind is not None:
-            query += " WHERE kind=?"
-            args = (kind,)
-        return [(k, s, json.loads(p)) for k, s, p in self.db.execute(query + " ORDER BY rowid",
-                                                                     args)]
-
     def close(self) -> None:
         self.db.close()
 

@@ -19,8 +19,6 @@ import robench
 from robench_attacks._core import Rng, Tensor, positive_int
 from robench_attacks.base import NativeAttack
 
-SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
-
 
 class Corruption(NativeAttack, abc.ABC):
     """Base of the corruptions: validates the severity and applies ``corrupt``."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -27,15 +26,6 @@ def grad_reverse(x: torch.Tensor, lambda_: float) -> torch.Tensor:
     learn to make the domains indistinguishable while the classifier learns to tell them apart.
     """
     return _ReverseGrad.apply(x, float(lambda_))
-
-
-class GradientReversal(nn.Module):
-    def __init__(self, lambda_: float = 1.0) -> None:
-        super().__init__()
-        self.lambda_ = lambda_
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return grad_reverse(x, self.lambda_)
 
 
 def dann_lambda(progress: float, *, gamma: float = 10.0, max_lambda: float = 1.0) -> float:
