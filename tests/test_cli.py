@@ -119,38 +119,49 @@ def test_outside_plugin_package_runs_through_the_grid(tmp_path):
     assert results.clean_acc.iloc[0] > 0.5
 
 
+#: a third-party plugin whose attack always raises, installed by :func:`install_plugin`
+EXPLODING = """
+import robench
+
+
 class Exploding:
     def perturb(self, model, x, y, eps, target=None):
         raise RuntimeError("this attack always fails")
 
 
-def test_a_plugin_that_raises_fails_its_own_rows_only(tmp_path, monkeypatch):
-    import types
+@robench.hookimpl
+def robench_register_attacks():
+    return [robench.AttackSpec(name="explode", factory=Exploding, threat="linf")]
+"""
 
-    import robench
-    from robench.host import PluginHost
 
-    plugin = types.ModuleType("exploding")
-    plugin.robench_register_attacks = robench.hookimpl(lambda: [
-        robench.AttackSpec(name="explode", factory=Exploding, threat="linf")])
-    original = PluginHost.create.__func__
+def install_plugin(site: Path, module: str, source: str) -> dict[str, str]:
+    """Install ``source`` as the robench plugin ``module`` into the folder ``site``, the way
+    pip would (the module plus a dist-info with its entry point), and return the environment
+    under which the CLI (and its worker processes) find it."""
+    info = site / f"{module}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / f"{module}.py").write_text(source)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[robench]\n{module} = {module}\n")
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
-    def create(cls, **kwargs):
-        return original(cls, **{**kwargs, "plugins": [*kwargs.get("plugins", ()), plugin]})
 
-    monkeypatch.setattr(PluginHost, "create", classmethod(create))
+def test_a_plugin_that_raises_fails_its_own_rows_only(tmp_path):
+    env = install_plugin(tmp_path / "site", "exploding", EXPLODING)
     args = ["grid", "--out", str(tmp_path), "--name", "boom", *FAST, "--attacks", "fgsm,explode"]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 1, result.output
-    assert "explode on digits-cnn+linear+none" in result.output
+    proc = robench_cli(*args, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "explode on digits-cnn+linear+none" in proc.stderr
     rows = pd.read_csv(tmp_path / "boom" / "results.csv", keep_default_na=False)
     failed = rows[rows.attack == "explode"]
     assert len(failed) and (failed.status == "failed").all()
     assert failed.error.str.contains("this attack always fails").all()
     assert (rows[rows.attack == "fgsm"].status == "ok").all()
     # the failed task is retried on rerun; the finished ones are not recomputed
-    again = runner.invoke(app, args)
-    assert again.exit_code == 1
+    again = robench_cli(*args, env=env)
+    assert again.returncode == 1, again.stderr
+    assert "explode on digits-cnn+linear+none" in again.stderr
 
 
 def test_warnings_are_one_line_like_errors(tmp_path):
