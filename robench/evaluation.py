@@ -9,6 +9,12 @@ The harness, not the attack, owns correctness:
 * every returned example is checked: finite, inside [0, 1], inside the eps ball (within
   :data:`EPS_TOLERANCE`), and re-classified by the model.  An example failing a check counts
   as *not fooled* and makes its row ``invalid``: never silently clipped or projected;
+* an example that the attack saw as adversarial (its optional ``last_success``) but that
+  fails the harness's re-classification (a different batch shape, TF32 / bf16 / compiled
+  kernels) is a *verification mismatch*: the sample is attacked once more on its own and
+  otherwise counts as robust; mismatches are counted, never hidden;
+* in a low-precision run (bf16, fp16) every adversarial found is re-classified in fp32 as
+  well, and disagreements are counted;
 * cost is measured, not declared: a hook on the model input counts input gradients and
   forward evaluations per sample.
 """
@@ -162,6 +168,37 @@ class EpsOutcome:
     seconds: float
     reasons: Counter
     adversarial: dict[int, torch.Tensor] = field(default_factory=dict)  # index -> x_adv
+    #: samples whose example the attack saw as adversarial but verification did not (each
+    #: was attacked once more on its own; robust unless that example verified)
+    n_verify_mismatch: int = 0
+    #: samples fooled at this eps (low-precision verification) whose example the fp32 model
+    #: classifies as the attack did not want; 0 when the run is fp32
+    n_precision_mismatch: int = 0
+
+
+def claimed_success(attack: Any, n: int, device: torch.device) -> torch.Tensor | None:
+    """Which of the ``n`` examples of its last ``perturb`` call the attack saw as adversarial
+    in its own forward passes (its optional ``last_success``, moved to ``device``), or
+    ``None`` when the attack does not say.  A claim of the wrong shape or type is a bug in
+    the attack."""
+    claim = getattr(attack, "last_success", None)
+    if claim is None:
+        return None
+    if not isinstance(claim, torch.Tensor) or claim.dtype != torch.bool or \
+            tuple(claim.shape) != (n,):
+        raise ValueError(
+            f"attack's last_success must be a bool tensor of shape ({n},), got "
+            f"{getattr(claim, 'dtype', type(claim).__name__)} "
+            f"{tuple(getattr(claim, 'shape', ()))}")
+    return claim.detach().to(device)
+
+
+def reference_disagrees(reference: nn.Module, x_adv: torch.Tensor, y: torch.Tensor,
+                        target: torch.Tensor | None, *, batch_size: int) -> torch.Tensor:
+    """Per example: ``reference`` (the fp32 model of a low-precision run) does *not* see it
+    as the attack's success (untargeted: still the label; targeted: not the target)."""
+    pred = predict(reference, x_adv, batch_size=batch_size)
+    return pred != target if target is not None else pred == y
 
 
 @dataclass
@@ -173,31 +210,85 @@ class _ChunkedRun:
     invalid: int
     reasons: Counter
     examples: dict[int, torch.Tensor]
+    #: bool (n,): the attack's claim failed verification (whatever the re-attack found)
+    verify_mismatch: torch.Tensor
+    #: bool (n,): fooled, but not so for the fp32 reference model
+    precision_mismatch: torch.Tensor
 
 
 def _attack_indices(
     attack: Any, counting: CountingModel, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     idx: torch.Tensor, *, eps: float | None, threat: str, target: torch.Tensor | None,
     batch_size: int, keep_examples: int, on_batch: Callable[[], None] | None,
+    reference: nn.Module | None = None,
 ) -> _ChunkedRun:
-    """Run the attack on ``idx`` in batches and verify every returned example."""
-    run = _ChunkedRun(fooled=torch.zeros(len(y), dtype=torch.bool, device=x.device),
+    """Run the attack on ``idx`` in batches and verify every returned example.
+
+    A verification mismatch (claimed by the attack, valid, not fooled) is attacked once more,
+    those samples alone in one batch, and verified again; the re-attack's cost is counted
+    like the rest.  With ``reference``, every fooled example is re-classified by it too."""
+    zeros = torch.zeros(len(y), dtype=torch.bool, device=x.device)
+    run = _ChunkedRun(fooled=zeros.clone(),
                       norms=torch.full((len(y),), float("inf"), device=x.device),
-                      invalid=0, reasons=Counter(), examples={})
+                      invalid=0, reasons=Counter(), examples={},
+                      verify_mismatch=zeros.clone(), precision_mismatch=zeros.clone())
     for chunk in idx.split(batch_size):
         tgt = target[chunk] if target is not None else None
         x_adv = attack.perturb(counting, x[chunk], y[chunk], eps, target=tgt)
+        claimed = claimed_success(attack, len(chunk), x.device)
         check = verify_adversarial(model, x[chunk], x_adv, y[chunk], threat=threat, eps=eps,
                                    target=tgt, batch_size=batch_size)
         run.invalid += int((~check.valid).sum())
         run.reasons.update(check.reasons)
-        run.fooled[chunk] = check.fooled
-        run.norms[chunk] = torch.where(check.fooled, check.norms, run.norms[chunk])
-        for j in chunk[check.fooled].tolist()[: max(0, keep_examples - len(run.examples))]:
+        fooled, norms = check.fooled, check.norms
+        mismatch = claimed & check.valid & ~check.fooled if claimed is not None else None
+        if mismatch is not None and bool(mismatch.any()):
+            x_adv, fooled, norms = _reattack(
+                attack, counting, model, x[chunk], y[chunk], tgt, x_adv, fooled, norms,
+                mismatch, eps=eps, threat=threat, batch_size=batch_size, run=run)
+            run.verify_mismatch[chunk] = mismatch
+        if reference is not None and bool(fooled.any()):
+            disagree = reference_disagrees(reference, x_adv[fooled].detach().to(x.dtype),
+                                           y[chunk][fooled],
+                                           tgt[fooled] if tgt is not None else None,
+                                           batch_size=batch_size)
+            run.precision_mismatch[chunk[fooled]] = disagree
+        run.fooled[chunk] = fooled
+        run.norms[chunk] = torch.where(fooled, norms, run.norms[chunk])
+        for j in chunk[fooled].tolist()[: max(0, keep_examples - len(run.examples))]:
             run.examples[j] = x_adv[(chunk == j).nonzero().item()].detach().cpu()
         if on_batch:
             on_batch()
     return run
+
+
+def _reattack(
+    attack: Any, counting: CountingModel, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    target: torch.Tensor | None, x_adv: torch.Tensor, fooled: torch.Tensor,
+    norms: torch.Tensor, mismatch: torch.Tensor, *, eps: float | None, threat: str,
+    batch_size: int, run: _ChunkedRun,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attack the ``mismatch`` samples of a chunk once more, on their own, and verify the new
+    examples: those that verify replace the old ones and count as fooled, the others stay
+    robust.  Returns the chunk's examples, fooled mask and norms after the re-attack.
+
+    The attack API has no way to resume from an example, so the re-attack starts afresh (a
+    batch of other shape than the first call's, which is what a batch-dependent kernel needs
+    to agree with itself).  Its invalid examples are counted like any other."""
+    again = mismatch.nonzero().flatten()
+    tgt = target[again] if target is not None else None
+    retry = attack.perturb(counting, x[again], y[again], eps, target=tgt)
+    check = verify_adversarial(model, x[again], retry, y[again], threat=threat, eps=eps,
+                               target=tgt, batch_size=batch_size)
+    run.invalid += int((~check.valid).sum())
+    run.reasons.update(check.reasons)
+    x_adv = x_adv.detach().to(x.dtype).clone()
+    x_adv[again] = torch.where(check.fooled.view(-1, *[1] * (x.ndim - 1)),
+                               retry.detach().to(x.dtype), x_adv[again])
+    fooled, norms = fooled.clone(), norms.clone()
+    fooled[again] = check.fooled
+    norms[again] = check.norms
+    return x_adv, fooled, norms
 
 
 def run_attack_cascade(
@@ -219,6 +310,7 @@ def run_attack_cascade(
     nested: bool = True,
     attack_model: nn.Module | None = None,
     start_robust: dict[float, torch.Tensor] | None = None,
+    reference_model: nn.Module | None = None,
 ) -> list[EpsOutcome]:
     """Attack the correctly classified samples over ``eps_list`` (ascending).
 
@@ -231,14 +323,19 @@ def run_attack_cascade(
     itself (an expectation over a randomised defense); verification always uses ``model``.
     ``start_robust`` (eps -> bool mask) restricts each eps to the samples still robust
     there under the attacks run before (an ensemble's members): the outcome is then
-    cumulative.
+    cumulative.  ``reference_model`` (the fp32 model of a bf16 / fp16 run) re-classifies
+    every example found; ``n_precision_mismatch`` counts, among the samples that the row
+    counts as fooled by this attack, those whose example it does not confirm.
+    ``n_verify_mismatch`` counts the examples of this eps's work that the attack claimed and
+    verification refused (for a minimal attack, those of its one run, on the first row).
     """
     counting = CountingModel(attack_model if attack_model is not None else model)
     eps_list = sorted(eps_list)
     outcomes: list[EpsOutcome] = []
     robust = clean_correct.clone()
     common = {"threat": threat, "target": target, "batch_size": batch_size,
-              "keep_examples": keep_examples, "on_batch": on_batch}
+              "keep_examples": keep_examples, "on_batch": on_batch,
+              "reference": reference_model}
 
     def still_robust() -> torch.Tensor:
         return (robust if attackable is None else robust & attackable).nonzero().flatten()
@@ -261,24 +358,33 @@ def run_attack_cascade(
                 seconds=seconds if first else 0.0, reasons=run.reasons,
                 adversarial={j: a for j, a in run.examples.items() if run.norms[j] <= eps}
                 if last else {},
+                n_verify_mismatch=int(run.verify_mismatch.sum()) if first else 0,
+                n_precision_mismatch=int((run.precision_mismatch & before & fooled).sum()),
             ))
         return outcomes
 
+    # samples this attack counts as fooled whose example the reference model did not confirm
+    # (kept across eps: a sample fooled at a smaller eps stays fooled at the larger ones)
+    unconfirmed = torch.zeros_like(clean_correct)
     for k, eps in enumerate(eps_list):
         counting.reset()
         torch.manual_seed(seed * 1000 + k)
         start = time.perf_counter()
         if not nested:
             robust = clean_correct.clone()
+            unconfirmed = torch.zeros_like(clean_correct)
         if start_robust is not None:
             robust &= start_robust[eps]
         run = _attack_indices(attack, counting, model, x, y, still_robust(), eps=eps, **common)
         robust &= ~run.fooled
+        unconfirmed |= run.precision_mismatch
         outcomes.append(EpsOutcome(
             eps=eps, robust=robust.clone(), n_invalid=run.invalid,
             grad_evals=counting.grad_evals, queries=counting.queries,
             seconds=time.perf_counter() - start, reasons=run.reasons,
             adversarial=run.examples,
+            n_verify_mismatch=int(run.verify_mismatch.sum()),
+            n_precision_mismatch=int((unconfirmed & ~robust).sum()),
         ))
     return outcomes
 

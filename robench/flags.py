@@ -16,6 +16,13 @@ number; it tells the reader where to look.  Codes (docs/protocol.md explains eac
 ``unbounded-eps-robust``         accuracy above 1% at an Linf eps that allows any image (the
                                  grid's rows at eps >= 1, and the harness's own PGD at eps 1
                                  in every clean task, which flags all the model's rows)
+``verify-mismatch``              examples the attack saw as adversarial failed the harness's
+                                 verification (``n_verify_mismatch`` > 0): the model's output
+                                 depends on the batch (kernels, batch statistics, randomness)
+``precision-mismatch``           adversarials of a bf16 / fp16 run that the fp32 model does not
+                                 confirm (``n_precision_mismatch`` > 0)
+``worst-case-incomplete``        a worst-case row without an attack of its group that failed
+                                 (raised in ``robench.tabulate``, where the status is decided)
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ import pandas as pd
 
 #: robust accuracy margin (fraction) for comparisons between attacks
 MARGIN = 0.002
+#: count column -> the flag a nonzero count raises on its row
+MISMATCH_FLAGS: dict[str, str] = {
+    "n_verify_mismatch": "verify-mismatch",
+    "n_precision_mismatch": "precision-mismatch",
+}
 
 
 def _append(frame: pd.DataFrame, mask: pd.Series, flag: str) -> None:
@@ -88,6 +100,12 @@ def add_flags(
         if robust is not None and robust > 0.01:
             unbounded |= (frame["model"] == model) & (frame["domain"] == domain)
     _append(frame, unbounded, "unbounded-eps-robust")
+
+    # counted by the harness on each attack row (and summed on worst-case rows)
+    for column, flag in MISMATCH_FLAGS.items():
+        if column in frame:
+            counts = pd.to_numeric(frame[column], errors="coerce").fillna(0)
+            _append(frame, counts > 0, flag)
 
     num_classes = {k: d.get("num_classes") for k, d in diagnostics.items()}
     for (model, domain), classes in num_classes.items():

@@ -336,6 +336,8 @@ def _base_rows(results: pd.DataFrame) -> pd.DataFrame:
         _seconds=results["seconds"].fillna(0.0).where(attack, 0.0),
         _grad=results["grad_evals"].where(attack, 0),
         _queries=results["queries"].where(attack, 0),
+        _verify=results["n_verify_mismatch"].where(attack, 0),
+        _precision=results["n_precision_mismatch"].where(attack, 0),
         _clean_ran=results["clean_acc"].where(results["status"] != "failed"),
     )
     optional = [c for c in OPTIONAL_COLUMNS if c in frame]
@@ -358,6 +360,8 @@ def _base_rows(results: pd.DataFrame) -> pd.DataFrame:
         "attack_seconds": ("_seconds", "sum"),
         "grad_evals": ("_grad", "sum"),
         "queries": ("_queries", "sum"),
+        "n_verify_mismatch": ("_verify", "sum"),
+        "n_precision_mismatch": ("_precision", "sum"),
         "seed": ("seed", "first"),
         **({"perceptual_alignment": ("perceptual_alignment", "first")}
            if "perceptual_alignment" in frame else {}),
@@ -486,7 +490,8 @@ def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
     adaptor ``none``, same run, dataset and domain; on target rows this is the adaptation gain,
     on source rows what adapting cost the source); ``flags`` (union), ``status`` (e.g. ``ok``
     or ``ok 10, invalid 2``), ``params``, ``train_seconds``, ``attack_seconds``,
-    ``grad_evals``, ``queries`` (totals over the attacks), ``run``, ``seed``, ``device`` and
+    ``grad_evals``, ``queries``, ``n_verify_mismatch``, ``n_precision_mismatch`` (totals over
+    the attacks), ``run``, ``seed``, ``device`` and
     ``source_file`` when the results have it.
     Accuracies are fractions in [0, 1]; ``nan`` where a value cannot be computed.
     """
@@ -501,7 +506,7 @@ def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
     tail = ["gap_clean", "gap_robust", "adapt_gain_clean", "adapt_gain_robust",
             *(["perceptual_alignment"] if "perceptual_alignment" in results else []), "flags",
             "status", "params", "train_seconds", "attack_seconds", "grad_evals", "queries",
-            "run", "seed", "device"]
+            "n_verify_mismatch", "n_precision_mismatch", "run", "seed", "device"]
     if "source_file" in results:
         tail.append("source_file")
     if results.empty:

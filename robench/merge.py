@@ -46,8 +46,9 @@ KEY_COLUMNS: tuple[str, ...] = ("run", "model", "dataset", "domain", "attack", "
 #: the measured values compared between rows with the same key (timings may differ)
 VALUE_COLUMNS: tuple[str, ...] = ("clean_acc", "robust_acc", "n", "n_robust", "n_invalid",
                                   "status")
-COUNT_COLUMNS: tuple[str, ...] = ("n", "n_robust", "n_invalid", "grad_evals", "queries",
-                                  "seed", "params")
+COUNT_COLUMNS: tuple[str, ...] = ("n", "n_robust", "n_invalid", "n_verify_mismatch",
+                                  "n_precision_mismatch", "grad_evals", "queries", "seed",
+                                  "params")
 DOMAINS: tuple[str, ...] = ("source", "target")
 #: ``incomplete``: a worst-case row combining fewer attacks than the grid names (one failed)
 STATUSES: tuple[str, ...] = ("ok", "invalid", "incomplete", "failed")

@@ -80,6 +80,14 @@ def with_precision(model: nn.Module, precision: str, device: str) -> nn.Module:
                     dtype=PRECISION_DTYPES[precision])
 
 
+def fp32_reference(model: nn.Module) -> nn.Module | None:
+    """The evaluated ``model`` without its autocast (and, since a compiled graph belongs to
+    the autocast one, eager): the same weights in float32, which re-verifies the adversarial
+    examples of a bf16 / fp16 run.  ``None`` when ``model`` does not run under autocast."""
+    inner = model.eager if isinstance(model, Compiled) else model
+    return inner.model if isinstance(inner, Autocast) else None
+
+
 class CompileError(RuntimeError):
     """``torch.compile`` could not compile the evaluated model (at its first call)."""
 
@@ -103,6 +111,12 @@ class Compiled(nn.Module):
         self.backend = backend
         self.training = model.training  # report the wrapped model's mode (foolbox checks it)
         self._failure: str | None = None
+
+    @property
+    def eager(self) -> nn.Module:
+        """The model as it was before compiling (``torch.compile`` keeps it as
+        ``_orig_mod``)."""
+        return self.compiled._orig_mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._failure is not None:

@@ -38,6 +38,11 @@ class Attack(Protocol):
     decides them (``apgd-ce`` with ``norm = "l2"`` is an l2 attack; ``foolbox:HopSkipJump
     Attack`` is black-box): the harness reads them once, when it plans the grid, and keys,
     labels, groups and flags the attack by them.  Without them, the spec's values hold.
+    ``last_success``, set by each ``perturb`` call: a bool tensor (one entry per returned
+    example) of those that the attack's own forward passes saw as adversarial, or ``None``.
+    The harness still verifies every example; one it claimed but verification refuses (the
+    model's output depends on the batch: kernels, precision, randomness) is attacked once
+    more on its own and otherwise counted robust, and counted in ``n_verify_mismatch``.
     """
 
     def perturb(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,

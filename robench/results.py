@@ -29,6 +29,12 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "n": ("int64", "samples evaluated"),
     "n_robust": ("int64", "samples correct and not fooled"),
     "n_invalid": ("int64", "adversarials that failed verification (counted as not fooled)"),
+    "n_verify_mismatch": ("int64", "adversarials the attack saw as such but verification did "
+                                   "not (each re-attacked once, else counted as not fooled); a "
+                                   "worst-case row sums its attacks'"),
+    "n_precision_mismatch": ("int64", "fooled samples whose adversarial the fp32 model does not "
+                                      "confirm (bf16 / fp16 runs; 0 in fp32); a worst-case row "
+                                      "sums its attacks'"),
     "grad_evals": ("int64", "input gradients the attack computed for this eps, over samples"),
     "queries": ("int64", "model forward evaluations the attack made for this eps, over samples"),
     "seconds": ("float64", "wall time spent on this eps"),

@@ -62,7 +62,7 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
             if clean and "correct" in clean:
                 diagnostics[(plan.name, domain)] = {
                     **clean["diagnostics"], "num_classes": clean["num_classes"]}
-            per_threat: dict[tuple[str, float], list[tuple[np.ndarray, str, str]]] = {}
+            per_threat: dict[tuple[str, float], list[_Combined]] = {}
             labels: dict[tuple[str, float], str] = {}
             failed_by_threat: dict[str, list[str]] = {}
             for name, attack in attacks.items():
@@ -95,6 +95,9 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
                         "clean_acc": payload["clean_acc"],
                         "robust_acc": outcome["n_robust"] / payload["n"], "n": payload["n"],
                         "n_robust": outcome["n_robust"], "n_invalid": outcome["n_invalid"],
+                        # absent from stores written before these counts existed
+                        "n_verify_mismatch": outcome.get("n_verify_mismatch", 0),
+                        "n_precision_mismatch": outcome.get("n_precision_mismatch", 0),
                         "grad_evals": outcome["grad_evals"], "queries": outcome["queries"],
                         "seconds": outcome["seconds"], "status": status_row,
                         "error": f"verification: {reasons}" if reasons else "",
@@ -106,8 +109,10 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
                     if payload["targeted"]:
                         continue  # targeted success is not untargeted robustness
                     mask = unpack_mask(outcome["robust"], payload["n"])
-                    per_threat.setdefault((threat, outcome["eps"]), []).append(
-                        (mask, status_row, name))
+                    per_threat.setdefault((threat, outcome["eps"]), []).append(_Combined(
+                        mask=mask, status=status_row, attack=name,
+                        verify_mismatch=outcome.get("n_verify_mismatch", 0),
+                        precision_mismatch=outcome.get("n_precision_mismatch", 0)))
                     labels[(threat, outcome["eps"])] = outcome["eps_label"]
             for (threat, eps), entries in sorted(per_threat.items()):
                 rows.append(_worst_case_row(
@@ -126,16 +131,27 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
     return Tabulated(results=frame, diagnostics=diagnostics)
 
 
+@dataclass
+class _Combined:
+    """One untargeted attack's row as a worst case combines it."""
+
+    mask: np.ndarray  # bool (n,): robust under this attack at this eps
+    status: str
+    attack: str
+    verify_mismatch: int
+    precision_mismatch: int
+
+
 def _worst_case_row(base: dict[str, Any], *, dataset: str, domain: str, threat: str,
                     eps: float, eps_label: str, clean: dict[str, Any] | None,
-                    entries: list[tuple[np.ndarray, str, str]],
-                    missing: list[str]) -> dict[str, Any]:
-    """Per sample robust only if robust under every attack in ``entries``."""
-    robust = np.logical_and.reduce([m for m, _, _ in entries])
+                    entries: list[_Combined], missing: list[str]) -> dict[str, Any]:
+    """Per sample robust only if robust under every attack in ``entries``; the mismatch
+    counts are the sums of the attacks' (so their flags carry over)."""
+    robust = np.logical_and.reduce([e.mask for e in entries])
     n = len(robust)
     if missing:
         status = "incomplete"
-    elif any(s == "invalid" for _, s, _ in entries):
+    elif any(e.status == "invalid" for e in entries):
         status = "invalid"
     else:
         status = "ok"
@@ -145,7 +161,9 @@ def _worst_case_row(base: dict[str, Any], *, dataset: str, domain: str, threat: 
         "clean_acc": clean["clean_acc"] if clean else float("nan"),
         "robust_acc": int(robust.sum()) / n if n else float("nan"), "n": n,
         "n_robust": int(robust.sum()), "status": status,
+        "n_verify_mismatch": sum(e.verify_mismatch for e in entries),
+        "n_precision_mismatch": sum(e.precision_mismatch for e in entries),
         "error": f"worst case without {', '.join(missing)} (failed): an upper bound"
         if missing else "",
-        "attack_params": json.dumps(sorted(a for _, _, a in entries)),
+        "attack_params": json.dumps(sorted(e.attack for e in entries)),
     }

@@ -36,9 +36,7 @@ from robench.examples import write_task_examples
 from robench.io import atomic_write_text
 from robench.loading import build_model, load_complete
 from robench.memory import run_with_backoff
-from robench.models import (
-    count_parameters,
-)
+from robench.models import count_parameters, fp32_reference
 from robench.planning import AttackPlan, ModelPlan, masks_file, model_files
 from robench.specs import DatasetBundle, as_tensors
 from robench.store import pack_mask
@@ -278,6 +276,8 @@ def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
     # (EOT); BPDA changes only the backward of inference defenses, so verification (forward
     # passes of ``model``) is untouched
     attacked = eot(model, plan.eot_samples) if plan.eot_samples > 1 else model
+    # a bf16 / fp16 run: every adversarial found is re-classified in fp32 as well
+    reference = fp32_reference(model) if cfg.precision != "fp32" else None
     with bpda(model, enabled=plan.bpda):
         outcomes, batch_used = run_with_backoff(
             lambda size: run_attack_cascade(
@@ -285,7 +285,7 @@ def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
                 eps_list=eps_list, target=target, attackable=attackable, batch_size=size,
                 seed=cfg.seed, keep_examples=EXAMPLES_PER_ATTACK, on_batch=tick,
                 nested=plan.threat not in ("corruption", "none"), attack_model=attacked,
-                start_robust=start_robust),
+                start_robust=start_robust, reference_model=reference),
             start_batch,
         )
     if batch_used < start_batch:
@@ -324,6 +324,8 @@ def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
             "eps": o.eps, "eps_label": labels.get(o.eps, f"{o.eps:g}"),
             "robust": pack_mask(o.robust), "robust_acc": int(o.robust.sum()) / len(y),
             "n_robust": int(o.robust.sum()), "n_invalid": o.n_invalid,
+            "n_verify_mismatch": o.n_verify_mismatch,
+            "n_precision_mismatch": o.n_precision_mismatch,
             "grad_evals": o.grad_evals, "queries": o.queries, "seconds": o.seconds,
             "reasons": dict(o.reasons),
         } for o in outcomes],

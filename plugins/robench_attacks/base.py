@@ -30,6 +30,10 @@ class NativeAttack:
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
+        #: after ``perturb``: which returned examples this attack's own forward passes saw as
+        #: adversarial (``None``: not known).  The harness counts those that its verification
+        #: does not confirm (``n_verify_mismatch``) and attacks them once more.
+        self.last_success: Tensor | None = None
 
     def compaction(self, x: Tensor) -> int:
         """Steps between compactions of the working batch for a batch on ``x``'s device."""
@@ -55,7 +59,9 @@ class BoundedAttack(NativeAttack):
     ) -> Tensor:
         x, y, target = self._batch(x, y, target)
         radius = check_eps(eps, attack=self.name)
+        self.last_success = None  # a subclass's _perturb sets it when it knows
         if radius == 0 or x.shape[0] == 0:
+            self.last_success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
             return x.clone()
         return self._perturb(model, x, y, radius, target)
 
@@ -67,18 +73,21 @@ class BoundedAttack(NativeAttack):
 
 def run_restarts(
     x: Tensor, restarts: int, run_once: Callable[[Tensor, bool], tuple[Tensor, Tensor]]
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """Restart an attack on the samples it has not fooled yet.
 
     ``run_once(indices, last)`` attacks ``x[indices]`` and returns the iterates and which of
     them were seen adversarial; ``last`` says no restart follows (so it need not check).
+    Returns the examples and which of them some run saw adversarial.
     """
     out = x.clone()
+    seen = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     remaining = torch.arange(x.shape[0], device=x.device)
     for restart in range(restarts):
         if remaining.numel() == 0:
             break
         adv, fooled = run_once(remaining, restart == restarts - 1)
         out[remaining] = adv
+        seen[remaining] = fooled
         remaining = remaining[~fooled]
-    return out
+    return out, seen

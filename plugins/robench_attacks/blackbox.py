@@ -61,16 +61,19 @@ class Noise(BoundedAttack):
         self, model: nn.Module, x: Tensor, y: Tensor, radius: float, target: Tensor | None
     ) -> Tensor:
         out = x.clone()
+        seen = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         idx = torch.arange(x.shape[0], device=x.device)
         for draw in range(self.draws):
             candidate = self._draw(x[idx], radius)
             out[idx] = candidate
             if draw == self.draws - 1:
-                break
+                break  # the last draw is not queried: the harness verifies it
             fooled = success(predict(model, candidate), y[idx], None)
+            seen[idx] = fooled
             idx = idx[~fooled]
             if idx.numel() == 0:
                 break
+        self.last_success = seen
         return out
 
 
@@ -156,4 +159,5 @@ class Square(BoundedAttack):
             x_best[idx] = torch.where(per_sample(better), proposal, x_best[idx])
             loss[idx] = torch.where(better, new_loss, loss[idx])
             margin[idx] = torch.where(better, new_margin, margin[idx])
+        self.last_success = margin <= 0
         return x_best

@@ -171,6 +171,7 @@ class FAB(NativeAttack):
         x, y, target = self._batch(x, y, target)
         radius = self._check_eps(eps)
         out = x.clone()
+        self.last_success = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         if x.shape[0] == 0:
             return out
         logits = predict(model, x)
@@ -190,6 +191,8 @@ class FAB(NativeAttack):
         if radius is not None:  # a numeric eps: keep only the adversarials within it
             best = torch.where(per_sample(best_norm > radius), x0, best)
         out[todo] = best
+        self.last_success[todo] = (torch.isfinite(best_norm) if radius is None
+                                   else best_norm <= radius)
         return out
 
     def _check_eps(self, eps: float | None) -> float | None:

@@ -127,8 +127,9 @@ class PGD(BoundedAttack):
     ) -> Tensor:
         step = self.step_size if self.step_size is not None else (
             self.rel_step_size * radius / self.steps)
-        return run_restarts(x, self.restarts, lambda idx, last: self._run(
+        out, self.last_success = run_restarts(x, self.restarts, lambda idx, last: self._run(
             model, x[idx], y[idx], _take(target, idx), radius, step, check_end=not last))
+        return out
 
     def _run(
         self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, eps: float,
@@ -297,8 +298,9 @@ class APGD(BoundedAttack):
     def _perturb(
         self, model: nn.Module, x: Tensor, y: Tensor, radius: float, target: Tensor | None
     ) -> Tensor:
-        return run_restarts(x, self.restarts, lambda idx, _last: self._run(
+        out, self.last_success = run_restarts(x, self.restarts, lambda idx, _last: self._run(
             model, x[idx], y[idx], _take(target, idx), radius))
+        return out
 
     def _start(self, x: Tensor, eps: float) -> Tensor:
         """AutoAttack's start: a random direction scaled to norm eps, clipped to [0, 1]."""
@@ -433,6 +435,8 @@ class APGDT(APGD):
         # the non-true classes by decreasing clean logit: the k most promising targets
         targets = logits.scatter(1, y[:, None], float("-inf")).topk(k, dim=1).indices
         out = x.clone()
+        seen = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.last_success = seen
         remaining = torch.arange(x.shape[0], device=x.device)
         for j in range(k):
             for _ in range(self.restarts):
@@ -441,5 +445,6 @@ class APGDT(APGD):
                 adv, fooled = self._run(model, x[remaining], y[remaining], None, radius,
                                         loss_target=targets[remaining, j])
                 out[remaining] = adv
+                seen[remaining] = fooled
                 remaining = remaining[~fooled]
         return out

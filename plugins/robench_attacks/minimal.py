@@ -29,15 +29,18 @@ from robench_attacks.base import NativeAttack
 from robench_attacks.working_set import WorkingSet
 
 
-def _keep_within(best: Tensor, x: Tensor, eps: float | None, attack: str) -> Tensor:
-    """With a numeric ``eps``, fall back to the clean image where the adversarial is larger."""
+def _keep_within(best: Tensor, x: Tensor, eps: float | None, attack: str,
+                 found: Tensor) -> tuple[Tensor, Tensor]:
+    """With a numeric ``eps``, fall back to the clean image where the adversarial is larger.
+    Returns the examples and which of them are adversarial as the attack saw them (``found``,
+    less those given up for their size)."""
     if eps is None:
-        return best
+        return best, found
     radius = float(eps)
     if not math.isfinite(radius) or radius < 0:
         raise robench.UsageError(f"{attack}: eps must be None or a number >= 0, got {eps!r}.")
     too_far = lp_norm(best - x, "l2") > radius
-    return torch.where(per_sample(too_far), x, best)
+    return torch.where(per_sample(too_far), x, best), found & ~too_far
 
 
 class DeepFool(NativeAttack):
@@ -73,6 +76,7 @@ class DeepFool(NativeAttack):
         target: Tensor | None = None,
     ) -> Tensor:
         x, y, target = self._batch(x, y, target)
+        self.last_success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         if x.shape[0] == 0:
             return x.clone()
         ws = WorkingSet(x, {"x0": x, "y": y, "total": torch.zeros_like(x), "x_cur": x},
@@ -108,8 +112,9 @@ class DeepFool(NativeAttack):
             ws.compact(it)
             if ws.empty:
                 break
-        best, _ = ws.finish()
-        return _keep_within(best, x, eps, self.name)
+        best, fooled = ws.finish()
+        out, self.last_success = _keep_within(best, x, eps, self.name, fooled)
+        return out
 
     def _candidate_classes(self, logits: Tensor, y: Tensor) -> Tensor:
         """The label first, then the other classes by decreasing logit."""
@@ -173,6 +178,7 @@ class CarliniWagnerL2(NativeAttack):
         x, y, target = self._batch(x, y, target)
         n = x.shape[0]
         best = x.clone()
+        self.last_success = torch.zeros(n, dtype=torch.bool, device=x.device)
         if n == 0:
             return best
         best_norm = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
@@ -186,7 +192,9 @@ class CarliniWagnerL2(NativeAttack):
             lower = torch.where(found, lower, torch.maximum(lower, const))
             bounded = torch.isfinite(upper)
             const = torch.where(bounded, (lower + upper) / 2.0, const * 10.0)
-        return _keep_within(best, x, eps, self.name)
+        out, self.last_success = _keep_within(best, x, eps, self.name,
+                                               torch.isfinite(best_norm))
+        return out
 
     def _round(
         self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, w0: Tensor,

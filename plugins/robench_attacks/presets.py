@@ -77,6 +77,8 @@ class Ensemble:
         self.name = name
         self.members = members
         self.params = {"members": [member for member, _ in members]}
+        #: after ``perturb``: which examples a member's output was seen adversarial for
+        self.last_success: Tensor | None = None
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: float | None,
                 target: Tensor | None = None) -> Tensor:
@@ -85,6 +87,7 @@ class Ensemble:
         if target is not None:
             raise ValueError(f"attack {self.name!r} is untargeted")
         x_adv = x.clone()
+        seen = torch.zeros(len(y), dtype=torch.bool, device=x.device)
         remaining = torch.arange(len(y), device=x.device)
         for _, attack in self.members:
             if len(remaining) == 0:
@@ -93,7 +96,9 @@ class Ensemble:
             with torch.no_grad():
                 fooled = model(adv).argmax(1) != y[remaining]
             x_adv[remaining[fooled]] = adv[fooled].detach()
+            seen[remaining[fooled]] = True
             remaining = remaining[~fooled]
+        self.last_success = seen
         return x_adv
 
 

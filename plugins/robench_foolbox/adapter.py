@@ -211,6 +211,9 @@ class FoolboxAttack:
                        **{k: v for k, v in given.items() if k != "distance"}}
         if distance is not None:
             self.params["distance"] = self.threat
+        #: after ``perturb``: which returned examples foolbox's criterion saw as adversarial
+        #: (the harness counts those its verification does not confirm)
+        self.last_success: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         return f"FoolboxAttack({self.attack!r})"
@@ -236,6 +239,7 @@ class FoolboxAttack:
         fb = self.fb
         x = x.detach()
         y = torch.as_tensor(y, device=x.device).long().reshape(-1)
+        self.last_success = None
         if x.shape[0] == 0:
             return x.clone()
         if self.kind == "bounded":
@@ -263,6 +267,7 @@ class FoolboxAttack:
             success.reshape(-1, 1, 1, 1), raw, x)
         out = out.detach().to(x.dtype)
         finite = torch.isfinite(out).flatten(1).all(dim=1).reshape(-1, 1, 1, 1)
+        self.last_success = success.reshape(-1).to(torch.bool) & finite.reshape(-1)
         return torch.where(finite, out, x).clamp(0.0, 1.0)
 
     def _explain(self, exc: BaseException, *, targeted: bool) -> str:
