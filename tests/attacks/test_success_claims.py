@@ -66,3 +66,25 @@ def test_a_zero_budget_claims_nothing(host: robench.PluginHost, digits: Any) -> 
     attack = host.build("attack", "pgd", steps=2)
     attack.perturb(digits.model, digits.x[:4], digits.y[:4], 0.0)
     assert attack.last_success is not None and not attack.last_success.any()
+
+
+@pytest.mark.parametrize(("name", "params", "eps"), [
+    ("foolbox:LinfPGD", {"steps": 10}, 0.1),
+    ("foolbox:L2DeepFoolAttack", {"steps": 10}, None),
+])
+def test_foolbox_claims_are_its_criterion(digits: Any, name: str, params: dict[str, Any],
+                                          eps: float | None) -> None:
+    """The adapter reports foolbox's own success flags (less non-finite examples)."""
+    pytest.importorskip("foolbox")
+    import robench_foolbox.plugin
+
+    fhost = robench.PluginHost.create(entry_points=False, plugins=[robench_foolbox.plugin])
+    attack = fhost.build("attack", name, **params)
+    x, y = digits.x[:32], digits.y[:32]
+    x_adv = attack.perturb(digits.model, x, y, eps)
+    claimed = attack.last_success
+    assert claimed is not None and claimed.dtype == torch.bool and claimed.shape == (len(x),)
+    with torch.no_grad():
+        fooled = digits.model(x_adv).argmax(1) != y
+    assert not (claimed & ~fooled).any()
+    assert claimed.sum() >= 0.8 * fooled.sum() > 0, (int(claimed.sum()), int(fooled.sum()))
