@@ -171,12 +171,12 @@ class Grid:
                     "plan": asdict(plan)}
             if plan.complete:
                 train[plan.name] = Job(
-                    key=key, kind="load", label=f"load {plan.name}", fn=load_task,
+                    key=key, task="load", label=f"load {plan.name}", fn=load_task,
                     resources=resources, produces=model_files(key)[1:], portable=portable,
                     kwargs={**base, "key": key, "device": valid.device})
             else:
                 train[plan.name] = Job(
-                    key=key, kind="train", label=f"train {plan.name}", fn=train_task,
+                    key=key, task="train", label=f"train {plan.name}", fn=train_task,
                     resources=resources, produces=model_files(key), portable=portable,
                     kwargs={**base, "key": key, "device": valid.device})
             needs = model_files(key)[1:] if plan.complete else model_files(key)
@@ -185,7 +185,7 @@ class Grid:
                 common = {**base, "model_key": key, "dataset": dataset, "device": valid.device}
                 ckey = clean_key(cfg, evaluated, domain, dataset, self.threads)
                 jobs.append(Job(
-                    key=ckey, kind="clean", label=f"clean {plan.name} [{domain}]",
+                    key=ckey, task="clean", label=f"clean {plan.name} [{domain}]",
                     fn=clean_task, resources=resources, after=(key,), needs=needs,
                     portable=portable,
                     produces=(_relative(examples_mod.task_file("", ckey)),)
@@ -199,7 +199,7 @@ class Grid:
                     # a preset's member runs on what the member before it left robust
                     prior = keys[attack.prior] if attack.prior else ""
                     jobs.append(Job(
-                        key=akey, kind="attack", label=f"{name} on {plan.name} [{domain}]",
+                        key=akey, task="attack", label=f"{name} on {plan.name} [{domain}]",
                         fn=attack_task, resources=resources,
                         after=(key, prior) if prior else (key,),
                         needs=needs + ((_relative(masks_file("", prior)),) if prior else ()),
@@ -270,14 +270,14 @@ class Grid:
                     display.advance(f"{job.label} (skipped: its model did not train)", True)
                     continue
                 if outcome.ok:
-                    self.store.put(job.key, kind=job.kind, label=job.label, status="ok",
+                    self.store.put(job.key, kind=job.task, label=job.label, status="ok",
                                    payload=outcome.result or {})
                 else:
                     self.failures.append(f"{job.label}: {outcome.error}")
-                    self.store.put(job.key, kind=job.kind, label=job.label, status="failed",
+                    self.store.put(job.key, kind=job.task, label=job.label, status="failed",
                                    payload={"error": outcome.error,
                                             "traceback": outcome.traceback})
-                display.advance(job.label, outcome.ok, job.kind, seconds)
+                display.advance(job.label, outcome.ok, job.task, seconds)
 
     # ------------------------------------------------------------------ outputs
 

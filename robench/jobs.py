@@ -87,7 +87,9 @@ def report_progress(label: str, done: int, total: int) -> None:
 @dataclass
 class Job:
     key: str
-    kind: str  # "train" or "attack" (or "clean")
+    #: which of the grid's tasks the job runs: ``"train"``, ``"load"`` (a complete model),
+    #: ``"clean"`` or ``"attack"`` (plugin kinds and attack kinds are other things)
+    task: str
     label: str
     fn: Callable[..., dict[str, Any]]
     kwargs: dict[str, Any] = field(default_factory=dict)

@@ -1,11 +1,11 @@
 """Progress of a running grid.
 
 In a terminal: a rich bar over tasks, with an estimate of the time left from the tasks
-finished so far *per kind* (a training takes longer than an attack), and one bar per task in
-flight that advances per training step or attack batch.  When the output is not a terminal
-(CI, nohup, a log file): one timestamped line when a task starts and when it ends, and a
-heartbeat line every :data:`HEARTBEAT_SECONDS` while a task runs, so a log never sits still
-for minutes without saying why.
+finished so far *per task type* (``Job.task``: a training takes longer than an attack), and
+one bar per task in flight that advances per training step or attack batch.  When the output
+is not a terminal (CI, nohup, a log file): one timestamped line when a task starts and when it
+ends, and a heartbeat line every :data:`HEARTBEAT_SECONDS` while a task runs, so a log never
+sits still for minutes without saying why.
 """
 
 from __future__ import annotations
@@ -32,21 +32,22 @@ def _clock(seconds: float) -> str:
 
 
 class TimeLeft:
-    """The time left, from the mean duration of finished tasks of each kind.
+    """The time left, from the mean duration of finished tasks of each type (``Job.task``:
+    train, load, clean, attack).
 
-    A kind with no finished task yet borrows the mean over all finished tasks; with none
+    A type with no finished task yet borrows the mean over all finished tasks; with none
     finished at all there is no estimate.  ``parallel`` tasks run at once."""
 
-    def __init__(self, kinds: Iterable[str], parallel: int = 1) -> None:
+    def __init__(self, tasks: Iterable[str], parallel: int = 1) -> None:
         self.remaining: dict[str, int] = defaultdict(int)
-        for kind in kinds:
-            self.remaining[kind] += 1
+        for task in tasks:
+            self.remaining[task] += 1
         self.spent: dict[str, list[float]] = defaultdict(list)
         self.parallel = max(1, parallel)
 
-    def finished(self, kind: str, seconds: float) -> None:
-        self.remaining[kind] = max(0, self.remaining[kind] - 1)
-        self.spent[kind].append(seconds)
+    def finished(self, task: str, seconds: float) -> None:
+        self.remaining[task] = max(0, self.remaining[task] - 1)
+        self.spent[task].append(seconds)
 
     def estimate(self) -> float | None:
         every = [s for values in self.spent.values() for s in values]
@@ -54,14 +55,14 @@ class TimeLeft:
             return None
         overall = sum(every) / len(every)
         total = 0.0
-        for kind, count in self.remaining.items():
-            values = self.spent.get(kind)
+        for task, count in self.remaining.items():
+            values = self.spent.get(task)
             total += count * (sum(values) / len(values) if values else overall)
         return total / self.parallel
 
 
 class ProgressDisplay:
-    """Progress over ``jobs`` (objects with ``label`` and ``kind``)."""
+    """Progress over ``jobs`` (objects with ``label`` and ``task``)."""
 
     def __init__(self, enabled: bool, jobs: list[Any], phase: str, console: Any,
                  parallel: int = 1) -> None:
@@ -70,7 +71,7 @@ class ProgressDisplay:
         self.phase = phase
         self.console = console
         self.done = 0
-        self.time_left = TimeLeft((j.kind for j in jobs), parallel)
+        self.time_left = TimeLeft((j.task for j in jobs), parallel)
         self.started: dict[str, float] = {}
         self.beat: dict[str, float] = {}
         self.begun = time.monotonic()
@@ -127,12 +128,12 @@ class ProgressDisplay:
     def _line(self, text: str) -> None:
         self.out.print(f"{_now()} {text}", markup=False, highlight=False)
 
-    def advance(self, label: str, ok: bool, kind: str = "", seconds: float | None = None) -> None:
+    def advance(self, label: str, ok: bool, task: str = "", seconds: float | None = None) -> None:
         if not self.enabled:
             return
         self.done += 1
         if seconds is not None:
-            self.time_left.finished(kind, seconds)
+            self.time_left.finished(task, seconds)
         for running in [k for k in self.started if label.startswith(k)]:
             self.started.pop(running)
         if self.terminal:

@@ -68,7 +68,10 @@ class Store:
 
     def put(self, key: str, *, kind: str, label: str, status: str,
             payload: dict[str, Any]) -> None:
-        """Record a finished task in one transaction (replacing a failed earlier attempt)."""
+        """Record a finished task in one transaction (replacing a failed earlier attempt).
+
+        ``kind`` is the task's type (``Job.task``: train, load, clean, attack), written to the
+        store's ``kind`` column (the on-disk schema keeps its name)."""
         with self.db:
             self.db.execute(
                 "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?)",

@@ -59,7 +59,7 @@ def test_a_long_task_in_a_log_gets_heartbeats(monkeypatch):
 
     monkeypatch.setattr(progress, "HEARTBEAT_SECONDS", 0.0)
     text = io.StringIO()
-    job = types.SimpleNamespace(kind="train", label="train m")
+    job = types.SimpleNamespace(task="train", label="train m")
     with ProgressDisplay(True, [job], "grid", Console(file=text, force_terminal=False)) as bar:
         bar.on_progress("train m", 1, 10)
         bar.on_progress("train m", 5, 10)
@@ -70,7 +70,7 @@ def test_a_long_task_in_a_log_gets_heartbeats(monkeypatch):
     assert any("done grid 1/1: train m in 0:00:03" in line for line in lines)
 
 
-def test_the_time_left_comes_from_finished_tasks_of_each_kind():
+def test_the_time_left_comes_from_finished_tasks_of_each_type():
     left = TimeLeft(["train", "train", "attack", "attack", "attack"], parallel=1)
     assert left.estimate() is None
     left.finished("train", 60.0)

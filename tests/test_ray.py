@@ -53,7 +53,7 @@ def no_ray_session() -> Iterator[None]:
 
 
 def job(key: str, fn: Callable[..., Any], **kwargs: Any) -> robench.Job:
-    return robench.Job(key=key, kind="attack", label=f"job {key}", fn=fn, kwargs=kwargs)
+    return robench.Job(key=key, task="attack", label=f"job {key}", fn=fn, kwargs=kwargs)
 
 
 def sleepy(seconds: float) -> dict[str, int]:
@@ -106,7 +106,7 @@ def test_without_ray_installed_the_factory_says_how_to_install_it(
 
 def test_tasks_reserve_gpus_only_for_gpu_jobs_and_see_their_gpu_as_cuda() -> None:
     cpu_job = job("a", dict, run_dir="reports/x", device="cpu")
-    gpu_job = robench.Job(key="b", kind="train", label="train", fn=dict,
+    gpu_job = robench.Job(key="b", task="train", label="train", fn=dict,
                           kwargs={"run_dir": "reports/x", "device": "cuda:1"},
                           resources={"gpus": 1})
     default = RayExecutor(cpus_per_task=2)
@@ -127,7 +127,7 @@ def test_tasks_reserve_gpus_only_for_gpu_jobs_and_see_their_gpu_as_cuda() -> Non
 
 
 def test_requests_that_can_never_run_are_refused_before_ray_starts() -> None:
-    gpu_job = robench.Job(key="b", kind="train", label="train", fn=dict,
+    gpu_job = robench.Job(key="b", task="train", label="train", fn=dict,
                           resources={"gpus": 1})
     with pytest.raises(robench.UsageError, match="gpus_per_task = 0, but the run's device"):
         next(RayExecutor(gpus_per_task=0).run([gpu_job]))
@@ -233,11 +233,11 @@ def test_trained_models_are_evaluated_first_and_failed_ones_skipped() -> None:
     own queue would run every training first), and the evaluation of a model whose training
     raised is skipped, not run."""
     def train(key: str, fn: Callable[..., Any] = sleepy, **kwargs: Any) -> robench.Job:
-        return robench.Job(key=key, kind="train", label=key, fn=fn,
+        return robench.Job(key=key, task="train", label=key, fn=fn,
                            kwargs=kwargs or {"seconds": 0.5})
 
     def evaluate(key: str, model: str) -> robench.Job:
-        return robench.Job(key=key, kind="attack", label=key, fn=sleepy,
+        return robench.Job(key=key, task="attack", label=key, fn=sleepy,
                            kwargs={"seconds": 0.05}, after=(model,))
 
     jobs = [train("A"), evaluate("A1", "A"), train("B"), evaluate("B1", "B"), train("C"),

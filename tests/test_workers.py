@@ -102,9 +102,9 @@ def raises() -> dict[str, Any]:
     raise ValueError("a job error")
 
 
-def job(key: str, fn: Any, *, kind: str = "attack", after: tuple[str, ...] = (),
+def job(key: str, fn: Any, *, task: str = "attack", after: tuple[str, ...] = (),
         **kwargs: Any) -> robench.Job:
-    return robench.Job(key=key, kind=kind, label=key, fn=fn, kwargs=kwargs, after=after)
+    return robench.Job(key=key, task=task, label=key, fn=fn, kwargs=kwargs, after=after)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -127,12 +127,12 @@ def test_worker_count_and_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
     assert LocalExecutor().worker_slots(cpu) == [None] * 4  # one per usable core
     assert LocalExecutor(threads_per_task=2).worker_slots(cpu) == [None] * 2
     assert LocalExecutor(workers=3).worker_slots(cpu[:2]) == [None] * 2  # no idle workers
-    gpu = [robench.Job(key=f"g{i}", kind="attack", label="g", fn=dict, resources={"gpus": 1},
+    gpu = [robench.Job(key=f"g{i}", task="attack", label="g", fn=dict, resources={"gpus": 1},
                        kwargs={"device": "cuda"}) for i in range(4)]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7")
     assert LocalExecutor().worker_slots(gpu) == ["3", "5", "7"]  # one worker per GPU
     assert LocalExecutor(workers=2).worker_slots(gpu) == ["3", "5"]
-    named = [robench.Job(key="n", kind="attack", label="n", fn=dict, resources={"gpus": 1},
+    named = [robench.Job(key="n", task="attack", label="n", fn=dict, resources={"gpus": 1},
                          kwargs={"device": "cuda:1"})]
     assert LocalExecutor().worker_slots(named) == [None]  # in this process, on that GPU
     assert jobs.task_threads(LocalExecutor(threads_per_task=3)) == 3
@@ -155,7 +155,7 @@ def test_in_process_pins_threads_only_while_jobs_run() -> None:
 
 
 def test_jobs_that_cannot_leave_this_process_run_here_with_a_warning() -> None:
-    pinned = robench.Job(key="a", kind="attack", label="a", fn=timed, portable=False,
+    pinned = robench.Job(key="a", task="attack", label="a", fn=timed, portable=False,
                          kwargs={"log": os.devnull, "name": "a", "seconds": 0})
     with pytest.warns(RuntimeWarning, match="can run only in this process"):
         outcomes = list(LocalExecutor(workers=2).run([pinned, job("b", dict)]))
@@ -172,12 +172,12 @@ def pool_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     the evaluation of its model), a job that raises and one that cannot be pickled."""
     log = str(tmp_path_factory.mktemp("workers") / "log.jsonl")
     grid = [
-        job("trainA", timed, kind="train", log=log, name="trainA", seconds=1.0, steps=4),
+        job("trainA", timed, task="train", log=log, name="trainA", seconds=1.0, steps=4),
         job("evalA1", timed, after=("trainA",), log=log, name="evalA1", seconds=0.2),
         job("evalA2", timed, after=("trainA",), log=log, name="evalA2", seconds=0.2),
-        job("trainK", killed, kind="train", log=log),
+        job("trainK", killed, task="train", log=log),
         job("evalK", timed, after=("trainK",), log=log, name="evalK", seconds=0.1),
-        job("trainB", timed, kind="train", log=log, name="trainB", seconds=0.5),
+        job("trainB", timed, task="train", log=log, name="trainB", seconds=0.5),
         job("evalB", timed, after=("trainB",), log=log, name="evalB", seconds=0.1),
         job("raises", raises),
         job("lambda", lambda: {}),

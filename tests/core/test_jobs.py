@@ -6,7 +6,7 @@ from robench.jobs import Dependencies, Job, JobOutcome
 
 
 def _job(key: str, *after: str) -> Job:
-    return Job(key=key, kind="attack" if after else "train", label=key, fn=dict, after=after)
+    return Job(key=key, task="attack" if after else "train", label=key, fn=dict, after=after)
 
 
 def _ok(key: str) -> JobOutcome:
