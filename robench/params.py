@@ -25,7 +25,8 @@ Annotations this module does not know (a class, a callable, ``Any``, a name impo
 type checkers) accept any value: checking them is the factory's business.  Values are checked,
 never converted on their way to a factory (an int stays an int where a float is allowed), so
 a factory receives exactly what the user wrote.  The config alone converts (``coerce``): the
-command line hands it strings, and ``--epochs 3`` means the integer 3.
+command line hands it strings, and ``--epochs 3`` means the integer 3; ``lr = 1`` is the float
+1.0, as the config (and so every task key) has always recorded it.
 """
 
 from __future__ import annotations
@@ -162,8 +163,9 @@ def _known(annotation: Any) -> bool:
 
 
 def conform(annotation: Any, value: Any, *, coerce: bool = False) -> Any:
-    """``value`` checked against ``annotation``: returned (converted only with ``coerce``:
-    a string to the int or float asked for), or :class:`_Mismatch` raised."""
+    """``value`` checked against ``annotation``: returned (converted only with ``coerce``: a
+    string, or a number of another type, to the int or float asked for, so ``lr = 1`` is the
+    float 1.0 as before), or :class:`_Mismatch` raised."""
     base, checks = _split(annotation)
     members, optional = _members(base)
     if value is None and optional:
@@ -192,7 +194,7 @@ def _conform_member(annotation: Any, value: Any, *, coerce: bool) -> Any:
         raise _Mismatch
     if annotation is int:
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return value
+            return int(value) if coerce else value
         if coerce and isinstance(value, str):
             try:
                 return int(value.strip())
@@ -202,7 +204,7 @@ def _conform_member(annotation: Any, value: Any, *, coerce: bool) -> Any:
     if annotation is float:
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             if math.isfinite(value):
-                return value
+                return float(value) if coerce else value
             raise _Mismatch
         if coerce and isinstance(value, str):
             try:
