@@ -98,7 +98,12 @@ class Check:
                 return False
             if self.lt is not None and not value < self.lt:
                 return False
-        return self.test is None or bool(self.test(value))
+        if self.test is None:
+            return True
+        try:
+            return bool(self.test(value))
+        except (TypeError, ValueError):  # a value the test cannot even look at fails it
+            return False
 
 
 def _number(value: float) -> str:
@@ -142,7 +147,7 @@ def checkable(annotation: Any) -> bool:
     base, checks = _split(annotation)
     if checks:
         return True
-    members, optional = _members(base)
+    members, _ = _members(base)
     return bool(members) and all(_known(m) for m in members)
 
 
