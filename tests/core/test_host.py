@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 
 import pytest
@@ -118,16 +119,24 @@ def test_misspelt_hook_is_caught():
         PluginHost.create(entry_points=False, plugins=[plugin])
 
 
-def test_two_packages_with_one_plugin_name_are_refused(monkeypatch):
-    from importlib.metadata import EntryPoint
+def test_two_packages_with_one_plugin_name_are_refused(tmp_path):
+    """Two installed distributions (dist-info folders on the path, as pip leaves them) that
+    register the entry point ``same``: the clash is refused before either is imported."""
+    import os
+    import subprocess
+    import sys
 
-    from robench import host as host_module
-
-    eps = [EntryPoint("same", "pkg_a.plugin", "robench"),
-           EntryPoint("same", "pkg_b.plugin", "robench")]
-    monkeypatch.setattr(host_module, "_entry_points", lambda: eps)
-    with pytest.raises(robench.PluginError, match="pkg_a.plugin.*pkg_b.plugin"):
-        PluginHost.create()
+    for package in ("pkg_a", "pkg_b"):
+        info = tmp_path / f"{package}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[robench]\nsame = {package}.plugin\n")
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "robench.cli", "plugins"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": path}, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert re.search("pkg_a.plugin.*pkg_b.plugin|pkg_b.plugin.*pkg_a.plugin", proc.stderr)
+    assert "Traceback" not in proc.stderr
 
 
 def test_hooks_are_called_through_pluggy_with_or_without_the_arguments_of_the_spec():
