@@ -62,11 +62,13 @@ class TimeLeft:
 
 
 class ProgressDisplay:
-    """Progress over ``jobs`` (objects with ``label`` and ``task``)."""
+    """Progress over ``jobs`` (objects with ``label`` and ``task``); in a log, a heartbeat
+    line every ``heartbeat`` seconds while a task runs."""
 
     def __init__(self, enabled: bool, jobs: list[Any], phase: str, console: Any,
-                 parallel: int = 1) -> None:
+                 parallel: int = 1, *, heartbeat: float = HEARTBEAT_SECONDS) -> None:
         self.enabled = enabled
+        self.heartbeat = heartbeat
         self.total = len(jobs)
         self.phase = phase
         self.console = console
@@ -121,7 +123,7 @@ class ProgressDisplay:
                                                       clock="")
             self.bar.update(self.inner[label], completed=done, total=total)
             self._tick()
-        elif now - self.beat[label] >= HEARTBEAT_SECONDS:
+        elif now - self.beat[label] >= self.heartbeat:
             self.beat[label] = now
             self._line(f"running {label}: {done}/{total} after {_clock(now - self.started[label])}")
 

@@ -52,15 +52,13 @@ def test_a_log_gets_a_timestamped_line_when_each_task_starts_and_ends_and_resumi
     assert "--fresh" in again.stderr
 
 
-def test_a_long_task_in_a_log_gets_heartbeats(monkeypatch):
+def test_a_long_task_in_a_log_gets_heartbeats():
     from rich.console import Console
 
-    import robench.progress as progress
-
-    monkeypatch.setattr(progress, "HEARTBEAT_SECONDS", 0.0)
     text = io.StringIO()
     job = types.SimpleNamespace(task="train", label="train m")
-    with ProgressDisplay(True, [job], "grid", Console(file=text, force_terminal=False)) as bar:
+    with ProgressDisplay(True, [job], "grid", Console(file=text, force_terminal=False),
+                         heartbeat=0.0) as bar:
         bar.on_progress("train m", 1, 10)
         bar.on_progress("train m", 5, 10)
         bar.advance("train m", True, "train", 3.0)
