@@ -123,10 +123,10 @@ def test_bad_parameters_are_usage_errors(params: dict[str, Any], message: str) -
 
 def test_worker_count_and_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = [job(f"j{i}", dict) for i in range(8)]
-    monkeypatch.setattr(jobs, "usable_cpus", lambda: 4)
-    assert LocalExecutor().worker_slots(cpu) == [None] * 4  # one per usable core
-    assert LocalExecutor(threads_per_task=2).worker_slots(cpu) == [None] * 2
+    assert LocalExecutor().worker_slots(cpu, cpus=4) == [None] * 4  # one per usable core
+    assert LocalExecutor(threads_per_task=2).worker_slots(cpu, cpus=4) == [None] * 2
     assert LocalExecutor(workers=3).worker_slots(cpu[:2]) == [None] * 2  # no idle workers
+    assert len(LocalExecutor().worker_slots(cpu)) == min(8, jobs.usable_cpus())
     gpu = [robench.Job(key=f"g{i}", task="attack", label="g", fn=dict, resources={"gpus": 1},
                        kwargs={"device": "cuda"}) for i in range(4)]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7")

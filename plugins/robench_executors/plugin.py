@@ -69,13 +69,17 @@ class LocalExecutor:
         self.workers = workers
         self.threads_per_task = threads_per_task
 
-    def worker_slots(self, jobs: list[Job]) -> list[str | None]:
-        """The GPU each worker sees (None: not restricted), one entry per worker to start."""
+    def worker_slots(self, jobs: list[Job], *, cpus: int | None = None) -> list[str | None]:
+        """The GPU each worker sees (None: not restricted), one entry per worker to start.
+
+        ``cpus``: the CPU cores shared out without ``workers`` (default: the ones this process
+        may use, :func:`robench.jobs.usable_cpus`)."""
         if sys.platform == "win32":  # workers inherit their socket by descriptor (POSIX)
             return [None]
         gpu_jobs = [job for job in jobs if _gpus_of(job) > 0]
         if not gpu_jobs:
-            count = self.workers or max(1, jobs_mod.usable_cpus() // self.threads_per_task)
+            cpus = jobs_mod.usable_cpus() if cpus is None else cpus
+            count = self.workers or max(1, cpus // self.threads_per_task)
             return [None] * max(1, min(count, len(jobs)))
         devices = {str(job.kwargs.get("device", "cuda")) for job in gpu_jobs}
         if any(":" in device for device in devices):
