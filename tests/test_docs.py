@@ -175,6 +175,9 @@ def test_example_plugin_loads_with_a_host_built_from_the_module(example_plugin_m
     assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6
     with pytest.raises(UsageError, match="has no parameter 'depth'"):
         host.build("backbone", "tiny-mlp", image_size=8, in_chans=3, depth=2)
+    with pytest.raises(UsageError, match=r"^\[backbone.tiny-mlp\] width must be an integer "
+                                         r"from 1 to 4096 \(hidden units\), got 0\.$"):
+        host.build("backbone", "tiny-mlp", image_size=8, in_chans=3, width=0)
 
 
 # --------------------------------------------------------------------------- results.md

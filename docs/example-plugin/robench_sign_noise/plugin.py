@@ -1,5 +1,7 @@
 """Registers one attack and one backbone through robench's entry-point group."""
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
@@ -13,10 +15,14 @@ class SignNoise:
         return (x + eps * torch.randn_like(x).sign()).clamp(0, 1)
 
 
+#: robench checks ``[backbone.tiny-mlp] width`` against this before anything is built
+Width = Annotated[int, robench.Check(ge=1, le=4096, means="hidden units")]
+
+
 class TinyMLP(nn.Module):
     """Flatten -> Linear -> ReLU: pooled features of size ``width``."""
 
-    def __init__(self, *, image_size: int, in_chans: int, width: int = 64) -> None:
+    def __init__(self, *, image_size: int, in_chans: int, width: Width = 64) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_chans * image_size**2, width),
                                  nn.ReLU())
