@@ -310,7 +310,8 @@ def check_value(annotation: Any, value: Any, *, subject: str, coerce: bool = Fal
     try:
         return conform(annotation, value, coerce=coerce)
     except _Mismatch as exc:
-        shown = exc.args[0] if exc.args else value
+        # text the command line converted is shown as the number it became ('-2' -> -2)
+        shown = exc.args[0] if exc.args and isinstance(value, str) else value
         raise UsageError(f"{subject} must be {describe(annotation)}, got {shown!r}.") from None
 
 

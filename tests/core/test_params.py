@@ -64,6 +64,8 @@ def test_config_keys_go_through_the_same_validator():
     # the config records numbers as the field's type, as task keys always saw them
     config = build_config({"lr": 1, "weight_decay": 0})
     assert (repr(config.lr), repr(config.weight_decay)) == ("1.0", "0.0")
+    with pytest.raises(robench.UsageError, match=r"got -1\.$"):  # as written, not -1.0
+        build_config({"lr": -1})
     with pytest.raises(robench.UsageError,
                        match=r"^Config key 'batch_size' must be an integer >= 1, got 0\.$"):
         build_config({"batch_size": 0})
