@@ -108,6 +108,16 @@ class Job:
     #: objects).  The ``local`` executor then runs the whole call in its own process.
     portable: bool = True
 
+    @property
+    def kind(self) -> str:
+        """Deprecated name of :attr:`task` (robench 0.1); executors written for it still
+        work, with a ``DeprecationWarning``."""
+        import warnings
+
+        warnings.warn("Job.kind is now Job.task ('kind' means plugin and attack kinds)",
+                      DeprecationWarning, stacklevel=2)
+        return self.task
+
     def execute(self) -> JobOutcome:
         """Run the job; an exception becomes a failed outcome (Ctrl-C still stops the run)."""
         try:

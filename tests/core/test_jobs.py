@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from robench.jobs import Dependencies, Job, JobOutcome
 
 
@@ -67,3 +69,10 @@ def test_a_large_grid_runs_model_by_model() -> None:
         deps.finished(_ok(job.key))
         order.append(job.key)
     assert order == [job.key for job in jobs]
+
+
+def test_job_kind_is_a_deprecated_alias_of_task() -> None:
+    """Executors written against robench 0.1 read ``job.kind``: it still answers, warning."""
+    job = _job("a")
+    with pytest.warns(DeprecationWarning, match="Job.task"):
+        assert job.kind == "train"
