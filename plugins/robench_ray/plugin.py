@@ -8,6 +8,7 @@ validator (:func:`robench.checked`); :mod:`robench_ray.executor` does the work.
 from __future__ import annotations
 
 import robench
+from robench.jobs import DEFAULT_THREADS_PER_TASK
 from robench_ray.executor import (
     MIN_RAY_VERSION,
     Address,
@@ -33,7 +34,7 @@ def ray_executor(
     log_to_driver: bool = False,
     max_in_flight: InFlight = None,
     shared_run_dir: bool = True,
-    threads_per_task: Threads = 1,
+    threads_per_task: Threads = DEFAULT_THREADS_PER_TASK,
 ) -> RayExecutor:
     """Build the ``ray`` executor; every parameter is a key of ``[executor.ray]``.
 
