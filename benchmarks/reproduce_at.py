@@ -123,7 +123,7 @@ def worst_case(model: torch.nn.Module, data: dict, *, attacks: list[str], eps: f
     """The worst case over ``attacks`` at ``eps`` through ``robench.evaluate`` (the grid)."""
     start = time.perf_counter()
     rows = robench.evaluate(
-        model.cpu() if device == "cpu" else model, (data["x_test"], data["y_test"]),
+        model, (data["x_test"], data["y_test"]),
         attacks=attacks, eps={"linf": [repr(eps)]}, limit=limit, num_classes=10, seed=seed,
         device=device, attack_params={"pgd": {"steps": eval_steps}}, reporters=("csv",))
     worst = rows[rows["attack"] == "worst-case"]
