@@ -7,7 +7,10 @@ job on a shared machine):
 * ``1proc-2threads``: the old ``local`` executor, every job in this process with 2 torch
   threads (``[executor.local] workers = 1, threads_per_task = 2``);
 * ``1worker``: every job in this process with 1 thread (``workers = 1``);
-* ``2workers``: two worker processes with 1 thread each (``workers = 2``).
+* ``2workers``: two worker processes with 1 thread each (``workers = 2``), each pinned to
+  its own core (the default when the workers fill the machine's cores);
+* ``2workers-floating``: the same, not pinned (``pin_cores = false``): where the kernel
+  puts them.
 
 Each run is one round in a fresh run folder (nothing cached), 1-4 minutes on a 2-core
 machine; the 1-minute load average is sampled during the run and kept in ``extra_info``
@@ -29,15 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from robench_executors.plugin import LocalExecutor
 
 import robench
 from robench import jobs
 
 #: name -> [executor.local] parameters
-LAYOUTS: dict[str, dict[str, int]] = {
+LAYOUTS: dict[str, dict[str, Any]] = {
     "1proc-2threads": {"workers": 1, "threads_per_task": 2},
     "1worker": {"workers": 1},
     "2workers": {"workers": 2},
+    "2workers-floating": {"workers": 2, "pin_cores": False},
 }
 #: a one-model grid that checks the benchmark in seconds (ROBENCH_BENCH_GRID=tiny)
 TINY: dict[str, Any] = {
@@ -89,13 +94,16 @@ def test_default_grid_wall_time(benchmark: Any, tmp_path: Path, layout: str,
                                 neighbour: str) -> None:
     grid: dict[str, Any] = TINY if os.environ.get("ROBENCH_BENCH_GRID") == "tiny" else {}
     benchmark.group = f"default grid, {neighbour} machine ({jobs.usable_cpus()} cores)"
+    options = LAYOUTS[layout]
     config = {**grid, "name": layout, "out": str(tmp_path), "reporters": ["csv"],
-              "executor": {"local": LAYOUTS[layout]}}
+              "executor": {"local": options}}
+    # the cores the workers run on (None: not pinned), as the executor decides them here
+    cores = LocalExecutor(**options).worker_cores([None] * options["workers"])
     with LoadSampler() as load:
         rows = benchmark.pedantic(robench.run_grid, args=(config,), rounds=1, iterations=1)
     assert len(rows) and set(rows["status"]) == {"ok"}, rows.get("error")
     benchmark.extra_info.update({
-        "layout": layout, "neighbour": neighbour, "rows": len(rows),
+        "layout": layout, "neighbour": neighbour, "rows": len(rows), "cores": str(cores),
         "load_mean": round(sum(load.samples) / len(load.samples), 2),
         "load_max": round(max(load.samples), 2),
     })

@@ -91,6 +91,13 @@ def killed(*, log: str) -> dict[str, Any]:
     raise AssertionError("unreachable: the process was killed")
 
 
+def affinity(*, seconds: float = 0.0) -> dict[str, Any]:
+    """The CPU cores this process runs on (after ``seconds``, so that every worker gets a
+    job)."""
+    time.sleep(seconds)
+    return {"pid": os.getpid(), "cores": sorted(os.sched_getaffinity(0))}
+
+
 def environment() -> dict[str, Any]:
     import torch
 
@@ -161,6 +168,55 @@ def test_jobs_that_cannot_leave_this_process_run_here_with_a_warning() -> None:
         outcomes = list(LocalExecutor(workers=2).run([pinned, job("b", dict)]))
     assert [o.key for o in outcomes] == ["a", "b"] and all(o.ok for o in outcomes)
     assert outcomes[0].result == {"pid": os.getpid(), "threads": 1}
+
+
+def test_workers_that_fill_the_cores_are_pinned_each_to_its_own() -> None:
+    two = [None, None]
+    assert LocalExecutor().worker_cores(two, cpus=[0, 1]) == [(0,), (1,)]
+    assert LocalExecutor(threads_per_task=2).worker_cores(two, cpus=[3, 5, 8, 9]) == \
+        [(3, 5), (8, 9)]
+    # a pool smaller than the machine floats: runs side by side do not crowd the first cores
+    assert LocalExecutor(workers=2).worker_cores(two, cpus=[0, 1, 2, 3]) == [None, None]
+    assert LocalExecutor(workers=3).worker_cores([None] * 3, cpus=[0, 1]) == [None] * 3
+    # asked for: pinned in any case, wrapping round the cores
+    assert LocalExecutor(workers=3, pin_cores=True).worker_cores([None] * 3, cpus=[0, 1]) == \
+        [(0,), (1,), (0,)]
+    assert LocalExecutor(pin_cores=False).worker_cores(two, cpus=[0, 1]) == [None, None]
+    assert LocalExecutor().worker_cores(["0", "1"], cpus=[0, 1]) == [None, None]  # GPUs
+    assert LocalExecutor().worker_cores([None], cpus=[0]) == [None]  # runs in this process
+    with pytest.raises(robench.UsageError, match="pin_cores must be true, false or left out"):
+        local(pin_cores="yes")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity off Linux")
+def test_the_default_pool_runs_one_worker_on_each_usable_core() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    outcomes = list(LocalExecutor().run(
+        [job(f"a{i}", affinity, seconds=0.5) for i in range(2 * len(cpus))]))
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    cores_of: dict[int, set[tuple[int, ...]]] = {}
+    for outcome in outcomes:
+        cores_of.setdefault(outcome.result["pid"], set()).add(tuple(outcome.result["cores"]))
+    assert all(len(cores) == 1 for cores in cores_of.values())  # a worker stays where it is
+    seen = set().union(*cores_of.values())
+    assert seen <= {(core,) for core in cpus}
+    assert len(seen) == len(cores_of)  # no two workers share a core
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity off Linux")
+def test_a_replaced_worker_runs_on_the_cores_of_the_one_that_died() -> None:
+    from robench_executors.pool import WorkerPool
+
+    core = max(os.sched_getaffinity(0))
+    pool = WorkerPool([None], threads=1, cores=[(core,)], on_progress=lambda *progress: None)
+    pending = [job("after", affinity), job("dies", killed, log=os.devnull),
+               job("before", affinity)]
+    outcomes = {o.key: o for o in pool.run(lambda: pending.pop() if pending else None,
+                                           lambda outcome: [], lambda: bool(pending))}
+    assert not outcomes["dies"].ok and "SIGKILL" in outcomes["dies"].error
+    before, after = outcomes["before"].result, outcomes["after"].result
+    assert before["cores"] == after["cores"] == [core]
+    assert before["pid"] != after["pid"]
 
 
 # --------------------------------------------------------------------------- worker processes

@@ -4,6 +4,13 @@ Each task runs with ``threads_per_task`` torch threads (default 1), whatever the
 the executor, so a grid gives the same numbers everywhere; parallelism comes from running
 independent tasks at once, one per worker.  ``workers = 1`` runs the jobs in this process,
 one after another, as earlier versions did (threads pinned while they run).
+
+When the workers fill every usable CPU core (the default), each worker is pinned to its own
+cores (``pin_cores``).  This changes no number, only the speed on a shared machine: three
+CPU-bound processes on two cores, left to the kernel, often settle with both workers on one
+core and the other process alone on the other, so the grid gets one core instead of its
+share; pinned, each worker keeps a core of its own, which it shares at most with the
+neighbour that lands there.
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ Workers = Annotated[int | None, robench.Check(
     ge=1, rule="an integer >= 1 or left out (one per usable CPU core, divided by "
                "threads_per_task)")]
 Threads = Annotated[int, robench.Check(ge=1, means="torch threads of each task")]
+PinCores = Annotated[bool | None, robench.Check(
+    rule="true, false or left out (pin each worker to its own cores when the workers fill "
+         "every usable CPU core)")]
+
+#: the cores each worker runs on (None: wherever the kernel puts it), one entry per worker
+Cores = list[tuple[int, ...] | None]
 
 
 def _gpus_of(job: Job) -> float:
@@ -65,9 +78,16 @@ class LocalExecutor:
 
     @robench.checked("[executor.local]")
     def __init__(self, *, workers: Workers = None,
-                 threads_per_task: Threads = jobs_mod.DEFAULT_THREADS_PER_TASK) -> None:
+                 threads_per_task: Threads = jobs_mod.DEFAULT_THREADS_PER_TASK,
+                 pin_cores: PinCores = None) -> None:
+        if pin_cores and not hasattr(os, "sched_setaffinity"):
+            raise robench.UsageError(
+                f"[executor.local] pin_cores = true needs an operating system that lets a "
+                f"process choose its CPU cores (Linux); {sys.platform} does not. Leave "
+                f"pin_cores out, or set it to false.")
         self.workers = workers
         self.threads_per_task = threads_per_task
+        self.pin_cores = pin_cores
 
     def worker_slots(self, jobs: list[Job], *, cpus: int | None = None) -> list[str | None]:
         """The GPU each worker sees (None: not restricted), one entry per worker to start.
@@ -90,6 +110,30 @@ class LocalExecutor:
             return [None]
         return gpus[:count]
 
+    def worker_cores(self, slots: list[str | None], *,
+                     cpus: list[int] | None = None) -> Cores:
+        """The CPU cores each of the workers ``slots`` is pinned to (None: not pinned).
+
+        ``cpus``: the cores this process may use (default: its affinity mask).  Left out,
+        ``pin_cores`` pins CPU workers when they fill those cores exactly (workers x
+        threads_per_task = usable cores): then no two workers share a core and no core is
+        left to the kernel's placement.  A smaller pool (``workers`` set lower, or two runs
+        each asked for part of a big machine) is not pinned, so that runs started side by
+        side do not all crowd onto the first cores.  ``true`` pins in any case, wrapping
+        round the cores when there are more workers than cores; ``false`` never pins.
+        """
+        count = len(slots)
+        if self.pin_cores is False or count <= 1 or not hasattr(os, "sched_setaffinity"):
+            return [None] * count
+        if cpus is None:
+            cpus = sorted(os.sched_getaffinity(0))
+        threads = self.threads_per_task
+        if self.pin_cores is None and (any(gpu is not None for gpu in slots)
+                                       or count * threads != len(cpus)):
+            return [None] * count
+        return [tuple(sorted({cpus[(i * threads + k) % len(cpus)] for k in range(threads)}))
+                for i in range(count)]
+
     def run(self, jobs: Iterable[Job]) -> Iterator[JobOutcome]:
         jobs = list(jobs)
         if not jobs:
@@ -111,7 +155,7 @@ class LocalExecutor:
         from robench_executors.pool import WorkerPool
 
         pool = WorkerPool(slots, threads=self.threads_per_task,
-                          on_progress=jobs_mod.report_progress)
+                          cores=self.worker_cores(slots), on_progress=jobs_mod.report_progress)
         yield from pool.run(waiting.next_ready, waiting.finished, lambda: bool(waiting))
 
     def _in_process(self, waiting: Dependencies) -> Iterator[JobOutcome]:
@@ -123,20 +167,26 @@ class LocalExecutor:
 
 
 def local(*, workers: Workers = None,
-          threads_per_task: Threads = jobs_mod.DEFAULT_THREADS_PER_TASK) -> LocalExecutor:
+          threads_per_task: Threads = jobs_mod.DEFAULT_THREADS_PER_TASK,
+          pin_cores: PinCores = None) -> LocalExecutor:
     """Build the ``local`` executor; every parameter is a key of ``[executor.local]``.
 
     ``workers``: worker processes running jobs side by side (default: one per usable CPU
     core, divided by ``threads_per_task``; on CUDA, one per visible GPU); 1 runs every job
     in this process.  ``threads_per_task``: torch threads each job runs with (default 1,
-    which gives the same numbers on every machine and executor).
+    which gives the same numbers on every machine and executor).  ``pin_cores``: pin each
+    worker process to its own CPU cores (default: when the workers fill every usable core;
+    see :meth:`LocalExecutor.worker_cores`); it changes the speed on a shared machine, never
+    a number.
     """
-    return LocalExecutor(workers=workers, threads_per_task=threads_per_task)
+    return LocalExecutor(workers=workers, threads_per_task=threads_per_task,
+                         pin_cores=pin_cores)
 
 
 @robench.hookimpl
 def robench_register_executors() -> list[robench.ExecutorSpec]:
     return [robench.ExecutorSpec(name="local", factory=local, supports_dependencies=True,
                                  description="run jobs in worker processes of this machine "
-                                             "(one per CPU core, one torch thread each), each "
+                                             "(one per CPU core, each pinned to its core, one "
+                                             "torch thread each), each "
                                              "model evaluated right after it trains")]

@@ -58,6 +58,8 @@ class Worker:
     process: subprocess.Popen
     conn: Connection
     gpu: str | None
+    #: the CPU cores it runs on (None: wherever the kernel puts it)
+    cores: tuple[int, ...] | None = None
     ready: bool = False
     job: Job | None = None
 
@@ -82,10 +84,12 @@ class Worker:
         self.conn.close()
 
 
-def start_worker(threads: int, gpu: str | None) -> Worker:
+def start_worker(threads: int, gpu: str | None,
+                 cores: tuple[int, ...] | None = None) -> Worker:
     """Start one worker process with ``threads`` torch threads, seeing GPU ``gpu`` only
     (``CUDA_VISIBLE_DEVICES``; its GPU is then ``cuda``/``cuda:0`` inside), or every GPU
-    this process sees when ``gpu`` is None."""
+    this process sees when ``gpu`` is None; pinned to the CPU ``cores`` when given (before
+    it imports anything, so every thread it starts inherits them)."""
     mine, theirs = Pipe(duplex=True)
     env = dict(os.environ)
     for name in THREAD_VARIABLES:
@@ -95,7 +99,7 @@ def start_worker(threads: int, gpu: str | None) -> Worker:
     try:
         process = subprocess.Popen(
             [sys.executable, "-c", BOOT, str(theirs.fileno()), json.dumps(sys.path),
-             str(threads)],
+             str(threads), json.dumps(list(cores or ()))],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
         )
     except BaseException:
@@ -103,12 +107,14 @@ def start_worker(threads: int, gpu: str | None) -> Worker:
         raise
     finally:
         theirs.close()
-    return Worker(process=process, conn=mine, gpu=gpu)
+    return Worker(process=process, conn=mine, gpu=gpu, cores=cores)
 
 
 class WorkerPool:
     """Runs jobs in ``len(gpus)`` worker processes, ``gpus[i]`` being the GPU worker ``i``
-    sees (None: no restriction), and yields the outcomes as they finish.
+    sees (None: no restriction) and ``cores[i]`` the CPU cores it is pinned to (None, or
+    ``cores`` left out: not pinned), and yields the outcomes as they finish.  A worker that
+    dies is replaced by one with the same GPU and cores.
 
     ``next_job()`` gives the next job to start (None: none can start now) and
     ``finished(outcome)`` the outcomes that one makes impossible (see
@@ -116,15 +122,19 @@ class WorkerPool:
     """
 
     def __init__(self, gpus: list[str | None], *, threads: int,
-                 on_progress: Callable[[str, int, int], None]) -> None:
+                 on_progress: Callable[[str, int, int], None],
+                 cores: list[tuple[int, ...] | None] | None = None) -> None:
+        if cores is not None and len(cores) != len(gpus):
+            raise ValueError(f"{len(gpus)} workers, but cores for {len(cores)}")
         self.slots = gpus
+        self.cores = cores or [None] * len(gpus)
         self.threads = threads
         self.on_progress = on_progress
         self.workers: list[Worker] = []
         self.start_failures = 0
 
-    def _start(self, gpu: str | None) -> None:
-        self.workers.append(start_worker(self.threads, gpu))
+    def _start(self, gpu: str | None, cores: tuple[int, ...] | None) -> None:
+        self.workers.append(start_worker(self.threads, gpu, cores))
 
     def close(self) -> None:
         """Stop every worker: idle ones are asked to exit, busy ones are terminated."""
@@ -138,8 +148,8 @@ class WorkerPool:
     def run(self, next_job: Callable[[], Job | None],
             finished: Callable[[JobOutcome], list[JobOutcome]],
             more: Callable[[], bool]) -> Iterator[JobOutcome]:
-        for gpu in self.slots:
-            self._start(gpu)
+        for gpu, cores in zip(self.slots, self.cores, strict=True):
+            self._start(gpu, cores)
         try:
             while True:
                 for worker in self.workers:
@@ -238,5 +248,5 @@ class WorkerPool:
                 error=f"{reason} while it ran this job; the other jobs went on in a fresh "
                       f"worker"))
         if more():
-            self._start(worker.gpu)
+            self._start(worker.gpu, worker.cores)
         return outcomes

@@ -2,7 +2,8 @@
 
 A worker is a fresh Python interpreter (``sys.executable``), started by
 :class:`robench_executors.pool.WorkerPool` with one end of a socket pair.  It ignores SIGINT
-(the driver decides when workers stop), pins torch's threads before any work, and then runs
+(the driver decides when workers stop), moves to its CPU cores when it has some, pins
+torch's threads before any work, and then runs
 the jobs the driver sends, one at a time, until the driver sends ``None`` or goes away.
 
 Messages, each one pickled object on the connection:
@@ -28,10 +29,13 @@ from typing import Any
 #: seconds between two progress messages of one job (its last step is always sent)
 PROGRESS_INTERVAL = 0.1
 
-#: what the interpreter runs: SIGINT ignored before the slow imports, the driver's sys.path
+#: what the interpreter runs: SIGINT ignored and the CPU cores chosen before the slow
+#: imports (every thread started later runs on those cores), the driver's sys.path
 BOOT = (
     "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-    "import json, sys\n"
+    "import json, os, sys\n"
+    "cores = json.loads(sys.argv[4])\n"
+    "if cores: os.sched_setaffinity(0, cores)\n"
     "sys.path[:] = json.loads(sys.argv[2])\n"
     "from robench_executors.worker import main\n"
     "main(int(sys.argv[1]), threads=int(sys.argv[3]))\n"
