@@ -23,6 +23,9 @@ number; it tells the reader where to look.  Codes (docs/protocol.md explains eac
                                  confirm (``n_precision_mismatch`` > 0)
 ``worst-case-incomplete``        a worst-case row without an attack of its group that failed
                                  (raised in ``robench.tabulate``, where the status is decided)
+``mismatch-unchecked``           an attack result resumed from a store written before robench
+                                 counted verification mismatches: its counts read 0 without
+                                 having been checked (raised in ``robench.tabulate``)
 """
 
 from __future__ import annotations

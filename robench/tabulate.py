@@ -95,9 +95,11 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
                         "clean_acc": payload["clean_acc"],
                         "robust_acc": outcome["n_robust"] / payload["n"], "n": payload["n"],
                         "n_robust": outcome["n_robust"], "n_invalid": outcome["n_invalid"],
-                        # absent from stores written before these counts existed
+                        # absent from stores written before these counts existed: the
+                        # row then says it was not checked (flag mismatch-unchecked)
                         "n_verify_mismatch": outcome.get("n_verify_mismatch", 0),
                         "n_precision_mismatch": outcome.get("n_precision_mismatch", 0),
+                        "_unchecked": "n_verify_mismatch" not in outcome,
                         "grad_evals": outcome["grad_evals"], "queries": outcome["queries"],
                         "seconds": outcome["seconds"], "status": status_row,
                         "error": f"verification: {reasons}" if reasons else "",
@@ -112,7 +114,8 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
                     per_threat.setdefault((threat, outcome["eps"]), []).append(_Combined(
                         mask=mask, status=status_row, attack=name,
                         verify_mismatch=outcome.get("n_verify_mismatch", 0),
-                        precision_mismatch=outcome.get("n_precision_mismatch", 0)))
+                        precision_mismatch=outcome.get("n_precision_mismatch", 0),
+                        unchecked="n_verify_mismatch" not in outcome))
                     labels[(threat, outcome["eps"])] = outcome["eps_label"]
             for (threat, eps), entries in sorted(per_threat.items()):
                 rows.append(_worst_case_row(
@@ -127,7 +130,14 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
             frame.loc[incomplete, "flags"] = [
                 f"{f};worst-case-incomplete" if f else "worst-case-incomplete"
                 for f in frame.loc[incomplete, "flags"].fillna("").astype(str)]
-    frame = frame.drop(columns=[c for c in ("black_box", "targeted") if c in frame])
+    if "_unchecked" in frame:
+        unchecked = frame["_unchecked"].fillna(False).astype(bool)
+        if unchecked.any():
+            frame.loc[unchecked, "flags"] = [
+                f"{f};mismatch-unchecked" if f else "mismatch-unchecked"
+                for f in frame.loc[unchecked, "flags"].fillna("").astype(str)]
+    frame = frame.drop(columns=[c for c in ("black_box", "targeted", "_unchecked")
+                                if c in frame])
     return Tabulated(results=frame, diagnostics=diagnostics)
 
 
@@ -140,6 +150,8 @@ class _Combined:
     attack: str
     verify_mismatch: int
     precision_mismatch: int
+    #: stored by a robench that did not count mismatches (the counts read 0 unchecked)
+    unchecked: bool = False
 
 
 def _worst_case_row(base: dict[str, Any], *, dataset: str, domain: str, threat: str,
@@ -163,6 +175,7 @@ def _worst_case_row(base: dict[str, Any], *, dataset: str, domain: str, threat: 
         "n_robust": int(robust.sum()), "status": status,
         "n_verify_mismatch": sum(e.verify_mismatch for e in entries),
         "n_precision_mismatch": sum(e.precision_mismatch for e in entries),
+        "_unchecked": any(e.unchecked for e in entries),
         "error": f"worst case without {', '.join(missing)} (failed): an upper bound"
         if missing else "",
         "attack_params": json.dumps(sorted(e.attack for e in entries)),

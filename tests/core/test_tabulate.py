@@ -28,7 +28,8 @@ def _plan(name: str, **kw) -> AttackPlan:
 def _outcome(eps: float, robust: list[bool]) -> dict:
     return {"eps": eps, "eps_label": f"{eps:g}", "robust": pack_mask(np.array(robust)),
             "robust_acc": sum(robust) / N, "n_robust": sum(robust), "n_invalid": 0,
-            "grad_evals": 10, "queries": 10, "seconds": 0.1, "reasons": {}}
+            "grad_evals": 10, "queries": 10, "seconds": 0.1, "reasons": {},
+            "n_verify_mismatch": 0, "n_precision_mismatch": 0}
 
 
 @pytest.fixture

@@ -282,10 +282,17 @@ def test_counts_reach_the_table_sum_into_the_worst_case_and_raise_flags(tmp_path
     assert {"verify-mismatch", "precision-mismatch"} <= set(entry["flags"].split(";"))
 
 
-def test_a_store_without_the_counts_reads_as_zero_without_flags(tmp_path):
+def test_a_store_without_the_counts_reads_as_zero_and_says_it_was_not_checked(tmp_path):
+    """Results resumed from a run folder of a robench that did not count mismatches: the
+    claimed-but-refused examples were never re-attacked, so the row must not look checked."""
     rows = _table(tmp_path, {"pgd": (None, None), "fgsm": (0, 0)})
     assert (rows["n_verify_mismatch"] == 0).all() and (rows["n_precision_mismatch"] == 0).all()
-    assert all(_flags(r) == set() for _, r in rows.iterrows())
+    assert _flags(rows.loc["pgd"]) == {"mismatch-unchecked"}
+    assert _flags(rows.loc["fgsm"]) == set()
+    assert _flags(rows.loc["worst-case"]) == {"mismatch-unchecked"}  # one of its attacks
+    assert "_unchecked" not in rows  # the marker does not reach results.csv
+    (entry,) = build_leaderboard(rows.reset_index()).to_dict("records")
+    assert "mismatch-unchecked" in entry["flags"].split(";")
 
 
 def test_flags_need_no_count_columns():
