@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import math
 import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 #: torch intra-op threads a task runs with unless its executor is told otherwise.  One
@@ -18,12 +20,71 @@ from typing import Any, Protocol
 DEFAULT_THREADS_PER_TASK = 1
 
 
-def usable_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+def usable_cpus(*, cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
+                membership: str | None = None) -> int:
+    """CPU cores this process may use: its affinity mask where the OS has one, capped by its
+    cgroup's CPU quota rounded up (a container started with ``--cpus 2`` on a 64-core host
+    sees 64 cores but may use 2; the arguments are those of :func:`cgroup_cpu_limit`)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(cgroup_root, membership)
+    return max(1, min(cores, math.ceil(limit))) if limit is not None else cores
+
+
+def cgroup_cpu_limit(root: str | os.PathLike[str] = "/sys/fs/cgroup",
+                     membership: str | None = None) -> float | None:
+    """The CPUs per second the cgroup of this process may use (quota / period), or None when
+    it has no quota or none can be read (not Linux, no cgroup file system).
+
+    ``membership``: the text of ``/proc/self/cgroup`` (read when None).  cgroup v2 keeps the
+    quota in ``cpu.max`` (``"max 100000"``: none; ``"200000 100000"``: 2 CPUs), v1 in
+    ``cpu.cfs_quota_us`` (-1: none) and ``cpu.cfs_period_us``.  Both the process's own
+    cgroup folder and the mount's root (inside a container, the container's cgroup) are
+    read; the smallest quota found applies, as the kernel applies every quota above a
+    process.
+    """
+    root = Path(root)
+    if membership is None:
+        try:
+            membership = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    limits: list[float] = []
+    for line in membership.splitlines():
+        parts = line.strip().split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        relative = path.strip().lstrip("/")
+        if controllers == "":  # cgroup v2
+            files = [(folder / "cpu.max", None) for folder in (root / relative, root)]
+        elif "cpu" in controllers.split(","):
+            mounts = dict.fromkeys([root / controllers, root / "cpu", root / "cpu,cpuacct"])
+            files = [(folder / "cpu.cfs_quota_us", folder / "cpu.cfs_period_us")
+                     for mount in mounts for folder in (mount / relative, mount)]
+        else:
+            continue
+        limits += [limit for quota, period in dict.fromkeys(files)
+                   if (limit := _read_quota(quota, period)) is not None]
+    return min(limits) if limits else None
+
+
+def _read_quota(quota_file: Path, period_file: Path | None) -> float | None:
+    """CPUs from a v2 ``cpu.max`` (``period_file`` None) or a v1 quota and period pair; None
+    when unlimited, absent or unreadable."""
+    try:
+        if period_file is None:
+            quota, _, period = quota_file.read_text().strip().partition(" ")
+        else:
+            quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
+        if quota in ("max", "-1", ""):
+            return None
+        cpus = int(quota) / int(period or 100000)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+    return cpus if cpus > 0 else None
 
 
 def pin_threads(threads: int) -> None:

@@ -188,10 +188,40 @@ def test_workers_that_fill_the_cores_are_pinned_each_to_its_own() -> None:
         local(pin_cores="yes")
 
 
+def test_a_cgroup_cpu_quota_caps_the_usable_cores(tmp_path: Path) -> None:
+    """A container limited to 1.5 CPUs on a bigger host: 2 workers, not one per host core."""
+    def write(relative: str, text: str) -> None:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text + "\n")
+
+    v2 = "0::/user.slice/job\n"
+    assert jobs.cgroup_cpu_limit(tmp_path, v2) is None  # no cgroup files: no limit known
+    write("cpu.max", "max 100000")
+    assert jobs.cgroup_cpu_limit(tmp_path, v2) is None  # "max": unlimited
+    write("user.slice/job/cpu.max", "150000 100000")
+    assert jobs.cgroup_cpu_limit(tmp_path, v2) == 1.5
+    write("cpu.max", "100000 100000")  # the container's own quota, above the process's
+    assert jobs.cgroup_cpu_limit(tmp_path, v2) == 1.0
+    # cgroup v1, the process's path not mounted inside the container: the mount's root
+    v1 = "4:cpu,cpuacct:/docker/0123abcd\n3:memory:/docker/0123abcd\n"
+    write("cpu,cpuacct/cpu.cfs_quota_us", "-1")
+    write("cpu,cpuacct/cpu.cfs_period_us", "100000")
+    assert jobs.cgroup_cpu_limit(tmp_path, v1) is None
+    write("cpu,cpuacct/cpu.cfs_quota_us", "150000")
+    assert jobs.cgroup_cpu_limit(tmp_path, v1) == 1.5
+    write("cpu,cpuacct/cpu.cfs_quota_us", "not a number")
+    assert jobs.cgroup_cpu_limit(tmp_path, v1) is None
+    # the usable cores: the affinity mask, capped by the quota rounded up
+    write("cpu,cpuacct/cpu.cfs_quota_us", "150000")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert jobs.usable_cpus(cgroup_root=tmp_path, membership=v1) == min(2, cores)
+    assert jobs.usable_cpus(cgroup_root=tmp_path / "absent", membership=v1) == cores
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity off Linux")
-def test_the_default_pool_runs_one_worker_on_each_usable_core() -> None:
+def test_a_pool_that_fills_the_cores_runs_one_worker_on_each() -> None:
     cpus = sorted(os.sched_getaffinity(0))
-    outcomes = list(LocalExecutor().run(
+    outcomes = list(LocalExecutor(workers=len(cpus)).run(
         [job(f"a{i}", affinity, seconds=0.5) for i in range(2 * len(cpus))]))
     assert all(o.ok for o in outcomes), [o.error for o in outcomes]
     cores_of: dict[int, set[tuple[int, ...]]] = {}
