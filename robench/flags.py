@@ -43,7 +43,8 @@ MISMATCH_FLAGS: dict[str, str] = {
 }
 
 
-def _append(frame: pd.DataFrame, mask: pd.Series, flag: str) -> None:
+def append_flag(frame: pd.DataFrame, mask: Any, flag: str) -> None:
+    """Add ``flag`` to the ``flags`` of the rows of ``frame`` selected by ``mask``, in place."""
     if not mask.any():
         return
     current = frame.loc[mask, "flags"].astype(str)
@@ -59,23 +60,23 @@ def add_flags(
     if frame.empty:
         return frame
     ok = frame["status"].isin(["ok", "invalid"]) & frame["robust_acc"].notna()
-    _append(frame, ok & (frame["robust_acc"] > frame["clean_acc"] + 1e-9), "robust-above-clean")
+    append_flag(frame, ok & (frame["robust_acc"] > frame["clean_acc"] + 1e-9), "robust-above-clean")
 
     group_cols = ["model", "domain", "attack", "threat"]
     nested = ~frame["threat"].isin(["corruption", "none"])  # severities are not nested balls
     for _, group in frame[ok & nested].groupby(group_cols):
         ordered = group.sort_values("eps")
         rising = ordered["robust_acc"].diff() > 1e-9
-        _append(frame, frame.index.isin(ordered.index[rising]), "rises-with-eps")
+        append_flag(frame, frame.index.isin(ordered.index[rising]), "rises-with-eps")
 
     for (model, domain), diag in diagnostics.items():
         rows = (frame["model"] == model) & (frame["domain"] == domain)
         if diag.get("outputs-look-like-probabilities"):
-            _append(frame, rows, "outputs-look-like-probabilities")
+            append_flag(frame, rows, "outputs-look-like-probabilities")
         if diag.get("nondeterministic"):
-            _append(frame, rows, "nondeterministic")
+            append_flag(frame, rows, "nondeterministic")
         if diag.get("zero-gradient-fraction", 0) > 0:
-            _append(frame, rows, "zero-gradients")
+            append_flag(frame, rows, "zero-gradients")
 
     if "black_box" in frame:
         black_box = frame["black_box"].fillna(False).astype(bool)
@@ -88,11 +89,11 @@ def add_flags(
         if not bb.empty and not wb.empty:
             best_wb = wb["robust_acc"].min()
             stronger = bb.index[bb["robust_acc"] < best_wb - MARGIN]
-            _append(frame, frame.index.isin(stronger), "black-box-stronger")
+            append_flag(frame, frame.index.isin(stronger), "black-box-stronger")
         noise = group[group["attack"] == "noise"]
         if not noise.empty and not wb.empty:
             weaker = wb.index[wb["robust_acc"] > noise["robust_acc"].min() + MARGIN]
-            _append(frame, frame.index.isin(weaker), "weaker-than-noise")
+            append_flag(frame, frame.index.isin(weaker), "weaker-than-noise")
 
     unbounded = ok & (frame["threat"] == "linf") & (frame["eps"] >= 1.0) & (
         frame["robust_acc"] > 0.01)
@@ -102,13 +103,13 @@ def add_flags(
         robust = diag.get("unbounded_linf_robust")
         if robust is not None and robust > 0.01:
             unbounded |= (frame["model"] == model) & (frame["domain"] == domain)
-    _append(frame, unbounded, "unbounded-eps-robust")
+    append_flag(frame, unbounded, "unbounded-eps-robust")
 
     # counted by the harness on each attack row (and summed on worst-case rows)
     for column, flag in MISMATCH_FLAGS.items():
         if column in frame:
             counts = pd.to_numeric(frame[column], errors="coerce").fillna(0)
-            _append(frame, counts > 0, flag)
+            append_flag(frame, counts > 0, flag)
 
     num_classes = {k: d.get("num_classes") for k, d in diagnostics.items()}
     for (model, domain), classes in num_classes.items():
@@ -116,5 +117,5 @@ def add_flags(
             continue
         rows = (frame["model"] == model) & (frame["domain"] == domain) & (
             frame["clean_acc"] <= 1.5 / classes)
-        _append(frame, rows, "near-chance")
+        append_flag(frame, rows, "near-chance")
     return frame

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from robench.config import GridConfig
-from robench.flags import add_flags
+from robench.flags import add_flags, append_flag
 from robench.planning import AttackPlan, ModelPlan, attack_key, clean_key, domains
 from robench.results import coerce_results
 from robench.store import Store, unpack_mask
@@ -88,6 +88,9 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
                 threat = payload["threat"]
                 for outcome in payload["outcomes"]:
                     status_row = "invalid" if outcome["n_invalid"] else "ok"
+                    # absent from stores written before these counts existed: the row then
+                    # reads 0 and says it was not checked (flag mismatch-unchecked)
+                    unchecked = "n_verify_mismatch" not in outcome
                     reasons = ";".join(f"{k}={v}" for k, v in outcome["reasons"].items())
                     rows.append({
                         **row0, "threat": threat, "attack_kind": payload["kind"],
@@ -95,11 +98,9 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
                         "clean_acc": payload["clean_acc"],
                         "robust_acc": outcome["n_robust"] / payload["n"], "n": payload["n"],
                         "n_robust": outcome["n_robust"], "n_invalid": outcome["n_invalid"],
-                        # absent from stores written before these counts existed: the
-                        # row then says it was not checked (flag mismatch-unchecked)
                         "n_verify_mismatch": outcome.get("n_verify_mismatch", 0),
                         "n_precision_mismatch": outcome.get("n_precision_mismatch", 0),
-                        "_unchecked": "n_verify_mismatch" not in outcome,
+                        "_unchecked": unchecked,
                         "grad_evals": outcome["grad_evals"], "queries": outcome["queries"],
                         "seconds": outcome["seconds"], "status": status_row,
                         "error": f"verification: {reasons}" if reasons else "",
@@ -115,7 +116,7 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
                         mask=mask, status=status_row, attack=name,
                         verify_mismatch=outcome.get("n_verify_mismatch", 0),
                         precision_mismatch=outcome.get("n_precision_mismatch", 0),
-                        unchecked="n_verify_mismatch" not in outcome))
+                        unchecked=unchecked))
                     labels[(threat, outcome["eps"])] = outcome["eps_label"]
             for (threat, eps), entries in sorted(per_threat.items()):
                 rows.append(_worst_case_row(
@@ -125,17 +126,9 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
     frame = coerce_results(pd.DataFrame(rows))
     frame = add_flags(frame, diagnostics)
     if "status" in frame:
-        incomplete = frame["status"] == "incomplete"
-        if incomplete.any():
-            frame.loc[incomplete, "flags"] = [
-                f"{f};worst-case-incomplete" if f else "worst-case-incomplete"
-                for f in frame.loc[incomplete, "flags"].fillna("").astype(str)]
+        append_flag(frame, frame["status"] == "incomplete", "worst-case-incomplete")
     if "_unchecked" in frame:
-        unchecked = frame["_unchecked"].fillna(False).astype(bool)
-        if unchecked.any():
-            frame.loc[unchecked, "flags"] = [
-                f"{f};mismatch-unchecked" if f else "mismatch-unchecked"
-                for f in frame.loc[unchecked, "flags"].fillna("").astype(str)]
+        append_flag(frame, frame["_unchecked"].fillna(False).astype(bool), "mismatch-unchecked")
     frame = frame.drop(columns=[c for c in ("black_box", "targeted", "_unchecked")
                                 if c in frame])
     return Tabulated(results=frame, diagnostics=diagnostics)
