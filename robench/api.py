@@ -9,6 +9,7 @@ its tasks here (one worker).
 
 from __future__ import annotations
 
+import numbers
 import shutil
 import tempfile
 import types
@@ -52,12 +53,38 @@ def _memory_plugin(model: Any, data: tuple[Any, Any] | None, *, num_classes: int
     return plugin
 
 
+def _is_budget(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, numbers.Real)
+                                      and not isinstance(value, bool))
+
+
+def eps_by_threat(eps: Any) -> dict[str, Any] | None:
+    """``evaluate``'s ``eps`` as a config ``[eps]`` table: a mapping is taken as it is (threat
+    -> budgets, or one budget), a list or tuple of budgets is Linf, one budget (a number or
+    text such as ``"8/255"``) is Linf; ``None`` keeps the grid's default eps.  The budgets
+    themselves are checked by the config's rules (``build_config``); any other shape is refused
+    here, with the shapes accepted."""
+    if eps is None:
+        return None
+    if isinstance(eps, Mapping):
+        return {threat: list(v) if isinstance(v, (list, tuple)) else v
+                for threat, v in eps.items()}
+    if _is_budget(eps):
+        return {"linf": [eps]}
+    if isinstance(eps, (list, tuple)):
+        return {"linf": list(eps)}
+    raise UsageError(
+        f"evaluate(): eps must be a dict of threat -> budgets ({{'linf': ['8/255'], 'l2': "
+        f"[0.5]}}), a list of Linf budgets (['4/255', '8/255']) or one Linf budget ('8/255' "
+        f"or 0.03), not {type(eps).__name__} {eps!r}.")
+
+
 def evaluate(
     model: Any,
     dataset: str | tuple[Any, Any],
     *,
     attacks: Sequence[str] = ("apgd-ce", "apgd-t"),
-    eps: Mapping[str, Sequence[Any]] | None = None,
+    eps: Mapping[str, Sequence[Any] | Any] | Sequence[Any] | str | float | None = None,
     limit: int | None = 1000,
     num_classes: int | None = None,
     class_names: Sequence[str] = (),
@@ -75,10 +102,16 @@ def evaluate(
     :class:`robench.Classifier`). ``dataset`` is a dataset plugin name (``"mnist"``) or a
     pair ``(images, labels)`` of tensors, images ``(N, C, H, W)`` in [0, 1]; then
     ``num_classes`` defaults to ``labels.max() + 1``.  ``eps`` maps threat models to budgets
-    (``{"linf": ["8/255"]}``).  With ``out``, the run folder ``out/name`` keeps the store and
-    the reports (rerunning resumes); without, they are written to a temporary folder that is
-    removed.
+    (``{"linf": ["8/255"], "l2": [0.5]}``); a list (``["4/255", "8/255"]``) or a single
+    budget (``"8/255"``, ``0.03``) is Linf.  With ``out``, the run folder ``out/name`` keeps
+    the store and the reports (rerunning resumes); without, they are written to a temporary
+    folder that is removed.
     """
+    from robench.config import build_config
+
+    eps_table = eps_by_threat(eps)
+    if eps_table:
+        build_config({"eps": eps_table})  # each budget checked now, before any work
     import torch
 
     from robench.grid import run_grid
@@ -117,8 +150,8 @@ def evaluate(
         "reporters": list(reporters) if out else ["csv"],
         "executor": {"local": {"workers": 1}},
     }
-    if eps:
-        config["eps"] = {k: list(v) for k, v in eps.items()}
+    if eps_table:
+        config["eps"] = eps_table
     if attack_params:
         config["attack"] = {k: dict(v) for k, v in attack_params.items()}
     if dataset_params:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from robench.cli_text import plain
-from robench.errors import RobenchError, UsageError
+from robench.errors import RobenchError, UsageError, unknown_kind
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Robustness benchmarks for image classifiers.")
@@ -174,10 +174,9 @@ def plugins(
     try:
         if kind is not None and kind not in KINDS:
             plural = {f"{k}s": k for k in KINDS}
-            if kind in plural:
-                kind = plural[kind]
-            else:
-                raise UsageError(f"Unknown plugin kind {kind!r}; kinds are {', '.join(KINDS)}.")
+            if kind not in plural:
+                raise unknown_kind(kind, KINDS)
+            kind = plural[kind]
         host = PluginHost.create()
         rows = plugin_table(host, [kind] if kind else KINDS)
     except RobenchError as exc:

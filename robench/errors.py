@@ -47,3 +47,12 @@ class UnknownNameError(UsageError):
 def closest(name: str, known: Iterable[str], n: int = 3) -> list[str]:
     """The known names closest to ``name``, best first."""
     return difflib.get_close_matches(name, sorted(known), n=n, cutoff=0.5)
+
+
+def unknown_kind(kind: str, kinds: Iterable[str]) -> UsageError:
+    """The error for a plugin kind that does not exist, with the closest kinds suggested."""
+    kinds = list(kinds)
+    # nine short, unlike words: only a close match is a useful guess ('atack', not 'dataset')
+    close = difflib.get_close_matches(kind.lower(), kinds, n=2, cutoff=0.7)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return UsageError(f"Unknown plugin kind {kind!r}.{hint} Kinds are {', '.join(kinds)}.")

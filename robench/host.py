@@ -21,7 +21,7 @@ import pluggy
 
 from robench import hookspecs
 from robench.config import PARAM_TABLES
-from robench.errors import PluginError, UnknownNameError, UsageError
+from robench.errors import PluginError, UnknownNameError, UsageError, unknown_kind
 from robench.hookspecs import HOOK_KINDS, PROJECT
 from robench.params import parameters, table_ref
 from robench.specs import SPEC_TYPES, PluginSpec
@@ -196,7 +196,7 @@ class PluginHost:
     def specs(self, kind: str) -> dict[str, PluginSpec]:
         """Every spec of ``kind`` by name, collected once and checked."""
         if kind not in HOOK_KINDS:
-            raise UsageError(f"Unknown plugin kind {kind!r}; kinds are {', '.join(KINDS)}.")
+            raise unknown_kind(kind, KINDS)
         if kind in self._registry:
             return self._registry[kind]
         spec_type = SPEC_TYPES[kind]
