@@ -29,9 +29,40 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 
 
-def _fail(exc: RobenchError) -> None:
-    err.print(f"robench: error: {exc}", markup=False)
+def _fail(exc: RobenchError, *, debug: bool | None = None) -> None:
+    """One paragraph on stderr and the error's exit code.  ``debug`` is ``grid --debug``:
+    True prints the traceback of the exception behind the error (a plugin's or the user's
+    code that raised) first; False adds a hint that it exists; None (commands without the
+    flag) neither."""
+    message = f"robench: error: {exc}"
+    if exc.__cause__ is not None and debug:
+        _print_traceback(exc)
+    elif exc.__cause__ is not None and debug is False:
+        message += " (`--debug` shows the full traceback.)"
+    err.print(message, markup=False)
     raise typer.Exit(getattr(exc, "exit_code", 2))
+
+
+def _print_traceback(exc: BaseException) -> None:
+    import traceback
+
+    err.print("".join(traceback.format_exception(exc)).rstrip(), markup=False)
+
+
+def _unexpected(exc: Exception, *, debug: bool) -> None:
+    """An exception robench did not turn into an error of its own: a bug in robench or in
+    plugin code run outside the checks (an executor, a reporter).  One paragraph and exit
+    code 1; the traceback with ``--debug``."""
+    from robench.errors import describe_exception
+
+    if debug:
+        _print_traceback(exc)
+    then = ("Please report it with the traceback above." if debug else
+            "Rerun with --debug for the full traceback, and please report it.")
+    err.print(f"robench: error: unexpected {describe_exception(exc)}. This is a bug in "
+              f"robench or in a plugin, not in your input. {then}",
+              markup=False)
+    raise typer.Exit(1)
 
 
 def _workers(value: str) -> int:
@@ -84,6 +115,9 @@ def grid(
     out_dir: Annotated[str | None, typer.Option("--out", help="output folder")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="ignore stored results")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="on an error raised by a plugin's or your own code, print the full "
+                        "traceback")] = False,
 ) -> None:
     """Train, attack and report a model x attack x eps grid."""
     from robench.config import build_config, load_toml, parse_eps_flag
@@ -124,13 +158,15 @@ def grid(
         runner = Grid(cfg, progress=not quiet, console=err)
         results = runner.run()
     except RobenchError as exc:
-        _fail(exc)
+        _fail(exc, debug=debug)
     except KeyboardInterrupt:
         # a second Ctrl-C (often pressed out of impatience) must not cut the clean exit short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         err.print("robench: interrupted; finished tasks are saved. Rerun the same command "
                   "to resume.")
         raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - one paragraph, traceback with --debug
+        _unexpected(exc, debug=debug)
     _summary(results, runner)
     if runner.failures or (results["status"] == "failed").any():
         err.print(f"robench: {len(runner.failures)} task(s) failed; their rows have "

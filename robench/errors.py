@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import os
+import traceback
 from collections.abc import Iterable
 
 
@@ -20,6 +22,41 @@ class PluginError(RobenchError):
     """A plugin misbehaved while registering (duplicate names, malformed specs)."""
 
     exit_code = 2
+
+
+class UserCodeError(UsageError):
+    """The user's own code raised where robench called it: a ``py:`` factory, the module that
+    holds it, an architecture for a weights file.  Exit code 2, like any input to fix; the
+    original exception is the ``__cause__`` (``robench grid --debug`` prints its traceback)."""
+
+
+class PluginCodeError(RobenchError):
+    """A plugin's factory raised where robench called it while checking a grid, before any
+    work: a fault in the plugin or what it depends on, not in the user's input.  Exit code 1;
+    the original exception is the ``__cause__`` (``robench grid --debug`` prints it)."""
+
+    exit_code = 1
+
+
+def describe_exception(exc: BaseException, *, limit: int = 300) -> str:
+    """``"RuntimeError: weights missing (train_cnn.py, line 7, in broken)"``: the type, the
+    message on one line (cut at ``limit`` characters) and where it was raised, for a message
+    of one paragraph."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[:limit - 3].rstrip() + "..."
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    if frames:
+        frame = frames[-1]
+        path = frame.filename
+        try:
+            relative = os.path.relpath(path)
+            path = relative if not relative.startswith("..") else path
+        except ValueError:  # another drive (Windows)
+            pass
+        where = f" ({path}, line {frame.lineno}, in {frame.name})"
+    return f"{type(exc).__name__}{': ' + text if text else ''}{where}"
 
 
 class UnknownNameError(UsageError):

@@ -8,13 +8,15 @@ a one-paragraph message, before anything is trained.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from robench.config import PARAM_TABLES, GridConfig
 from robench.context import WorkerContext
-from robench.errors import UsageError
+from robench.errors import PluginCodeError, RobenchError, UsageError, describe_exception
 from robench.host import PluginHost, check_params
 from robench.params import Check, check_value, table_ref
 from robench.planning import AttackPlan, domains
@@ -129,8 +131,9 @@ def validate(config: GridConfig, context: WorkerContext) -> ValidGrid:
             supplied = HARNESS_PARAMS.get(kind, {})
             if kind == "defense":
                 supplied = DEFENSE_PARAMS.get(spec.stage, {})
-            check_params(spec, name, {**params, **supplied, **implied},
-                         harness=[*supplied, *implied])
+            with plugin_code(host, kind, plugin_name):  # reading a lazy factory imports it
+                check_params(spec, name, {**params, **supplied, **implied},
+                             harness=[*supplied, *implied])
     for table, kind in PARAM_TABLES.items():
         used = names_by_kind[kind]
         for name in cfg.params.get(table, {}):
@@ -177,11 +180,14 @@ def validate(config: GridConfig, context: WorkerContext) -> ValidGrid:
     bundles: dict[str, DatasetBundle] = {}
     for _, dataset in domains(cfg):
         try:
-            bundles[dataset] = context.dataset(cfg, dataset)
-        except UsageError:
-            raise
-        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-            raise UsageError(f"Dataset {dataset!r} could not be loaded: {exc}.") from None
+            with plugin_code(host, "dataset", dataset):
+                bundles[dataset] = context.dataset(cfg, dataset)
+        except PluginCodeError as exc:
+            if not isinstance(exc.__cause__, (FileNotFoundError, NotADirectoryError,
+                                              PermissionError)):
+                raise
+            raise UsageError(f"Dataset {dataset!r} could not be loaded: {exc.__cause__}.") \
+                from None
     if cfg.target:
         src, tgt = bundles[cfg.dataset], bundles[cfg.target]
         if (src.num_classes, src.image_size, src.in_chans) != (
@@ -211,14 +217,17 @@ def _check_complete_models(cfg: GridConfig, context: WorkerContext, valid: Valid
         for _, dataset in domains(cfg):
             bundle = valid.bundles[dataset]
             try:
-                load_complete(context.host, plan, num_classes=bundle.num_classes,
-                              class_names=[str(c) for c in bundle.class_names],
-                              image_size=bundle.image_size, in_chans=bundle.in_chans,
-                              dataset=dataset)
-            except UsageError:
-                raise
-            except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-                raise UsageError(f"Model {name!r} could not be loaded: {exc}.") from None
+                with plugin_code(context.host, "model", name):
+                    load_complete(context.host, plan, num_classes=bundle.num_classes,
+                                  class_names=[str(c) for c in bundle.class_names],
+                                  image_size=bundle.image_size, in_chans=bundle.in_chans,
+                                  dataset=dataset)
+            except PluginCodeError as exc:
+                if not isinstance(exc.__cause__, (FileNotFoundError, NotADirectoryError,
+                                                  PermissionError)):
+                    raise
+                raise UsageError(f"Model {name!r} could not be loaded: {exc.__cause__}.") \
+                    from None
 
 
 def fingerprints(host: PluginHost) -> Any:
@@ -330,10 +339,37 @@ def _check_values(cfg: GridConfig, host: PluginHost,
 
 def _build_checked(host: PluginHost, kind: str, name: str, params: dict[str, Any]) -> Any:
     try:
-        return host.build(kind, name, **params)
-    except UsageError:
-        raise
-    except (TypeError, ValueError) as exc:
+        with plugin_code(host, kind, name):
+            return host.build(kind, name, **params)
+    except PluginCodeError as exc:
+        if not isinstance(exc.__cause__, (TypeError, ValueError)):
+            raise
         raise UsageError(
-            f"The {kind} {name!r} refused its parameters {params!r}: {exc}."
+            f"The {kind} {name!r} refused its parameters {params!r}: {exc.__cause__}."
         ) from None
+
+
+@contextmanager
+def plugin_code(host: PluginHost, kind: str, name: str) -> Iterator[None]:
+    """Around a call into a plugin while the grid is checked: an exception that is not
+    robench's own becomes one paragraph naming the plugin and the exception (a
+    :class:`PluginCodeError`, exit code 1: a fault in the plugin, not in the user's input),
+    with the exception as its cause for ``robench grid --debug``.  A plugin that judges the
+    user's input at fault says so with a :class:`UsageError` (``py:`` factories raise
+    ``UserCodeError``), which passes unchanged."""
+    try:
+        yield
+    except RobenchError:
+        raise
+    except Exception as exc:
+        try:
+            plugin = host.resolve(kind, name, validate=False)[0].plugin
+        except RobenchError:
+            plugin = "?"
+        distribution = host.plugin_distribution(plugin)
+        raise PluginCodeError(
+            f"The {kind} {name!r} (plugin {plugin!r}"
+            f"{', from ' + distribution if distribution else ''}) raised "
+            f"{describe_exception(exc)} while robench checked the grid, before any work. "
+            f"That is a fault in the plugin or in what it depends on, not in the grid: leave "
+            f"{name!r} out of the grid, or report it to the plugin's authors.") from exc

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +73,132 @@ def test_plugins_with_a_mistyped_kind_suggests_the_closest_kind():
     assert plural.exit_code == 0 and "fgsm" in plural.output
     far = CliRunner().invoke(app, ["plugins", "--kind", "zzz"])
     assert far.exit_code == 2 and "Did you mean" not in far.output
+
+
+# --------------------------------------------------------------------------- py: and factories
+
+TRAIN_CNN = '''
+import robench
+from torch import nn
+
+
+def small_cnn():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 10))
+    return robench.Classifier(module=net, num_classes=10)
+
+
+def broken():
+    raise RuntimeError("weights missing")
+'''
+
+BROKEN_PLUGIN = '''
+import robench
+
+
+class Boom:
+    def __init__(self):
+        raise RuntimeError("no kernel for this CPU")
+
+
+@robench.hookimpl
+def robench_register_attacks():
+    return [robench.AttackSpec(name="boom", factory=Boom, threat="linf")]
+'''
+
+
+def _console_script(*args: str, cwd: Path, env: dict[str, str] | None = None
+                    ) -> subprocess.CompletedProcess:
+    """``robench ...`` as a user types it: the console script, whose ``sys.path`` holds its
+    own folder, not the working directory (unlike ``python -m``)."""
+    script = Path(sys.executable).with_name("robench")
+    if not script.exists():
+        pytest.skip("no robench console script next to this Python")
+    return subprocess.run([str(script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def _paragraph(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("robench: error: "), stderr
+    return lines[0]
+
+
+@pytest.fixture
+def user_folder(tmp_path) -> Path:
+    """The folder a user runs robench from, holding their train_cnn.py (not installed)."""
+    (tmp_path / "train_cnn.py").write_text(TRAIN_CNN)
+    return tmp_path
+
+
+def test_py_models_import_from_the_working_directory_like_python_m(user_folder):
+    run = _console_script("grid", "--dataset", "mnist", "--models", "py:train_cnn:small_cnn",
+                          "--attacks", "fgsm", "--limit", "20", "--workers", "1", "-q",
+                          "--out", "reports", cwd=user_folder)
+    assert run.returncode == 0, run.stderr
+    assert (user_folder / "reports").is_dir()
+    missing = _console_script("grid", "--dataset", "mnist", "--models", "py:train_cnm:small_cnn",
+                              "--attacks", "fgsm", "--out", "reports", cwd=user_folder)
+    assert missing.returncode == 2
+    assert f"no module 'train_cnm' in the working directory ({str(user_folder)!r})" in \
+        _paragraph(missing.stderr)
+
+
+def test_sys_path_gets_the_working_directory_only_while_a_py_model_is_imported(
+        user_folder, monkeypatch):
+    from robench_models.common import import_callable
+
+    monkeypatch.chdir(user_folder)
+    monkeypatch.delitem(sys.modules, "train_cnn", raising=False)
+    before = list(sys.path)
+    factory = import_callable("train_cnn:small_cnn", what="Model 'py:train_cnn:small_cnn'")
+    assert factory().num_classes == 10
+    assert sys.path == before
+    sys.modules.pop("train_cnn", None)
+
+
+def test_a_raising_py_factory_is_one_paragraph_and_exit_2_with_the_traceback_under_debug(
+        user_folder):
+    args = ["grid", "--dataset", "mnist", "--models", "py:train_cnn:broken", "--attacks", "fgsm",
+            "--limit", "20", "-q", "--out", "reports"]
+    run = _console_script(*args, cwd=user_folder)
+    assert run.returncode == 2, run.stderr
+    message = _paragraph(run.stderr)
+    assert "Model 'py:train_cnn:broken'" in message
+    assert "RuntimeError: weights missing (train_cnn.py, line 13, in broken)" in message
+    assert message.endswith("(`--debug` shows the full traceback.)")
+    debug = _console_script(*args, "--debug", cwd=user_folder)
+    assert debug.returncode == 2
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert 'raise RuntimeError("weights missing")' in debug.stderr
+    assert debug.stderr.rstrip().splitlines()[-1].startswith("robench: error: Model 'py:")
+
+
+def test_a_module_that_raises_on_import_is_the_users_input(user_folder):
+    (user_folder / "half_written.py").write_text("import torch\n\n1 / 0\n")
+    run = _console_script("grid", "--dataset", "mnist", "--models", "py:half_written:net",
+                          "--attacks", "fgsm", "-q", "--out", "reports", cwd=user_folder)
+    assert run.returncode == 2, run.stderr
+    assert "importing module 'half_written' raised ZeroDivisionError: division by zero " \
+           "(half_written.py, line 3, in <module>)" in _paragraph(run.stderr)
+
+
+def test_a_plugin_factory_that_raises_is_one_paragraph_naming_the_plugin_and_exit_1(tmp_path):
+    """An installed third-party plugin (a dist-info with an entry point on the path)."""
+    site = tmp_path / "site"
+    (site / "broken_attack-0.1.dist-info").mkdir(parents=True)
+    (site / "broken_attack.py").write_text(BROKEN_PLUGIN)
+    (site / "broken_attack-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-attack\nVersion: 0.1\n")
+    (site / "broken_attack-0.1.dist-info" / "entry_points.txt").write_text(
+        "[robench]\nboom = broken_attack\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    run = _console_script("grid", "--dataset", "digits", "--target", "none", "--backbones",
+                          "digits-cnn", "--adaptors", "none", "--attacks", "boom", "-q",
+                          "--out", "reports", cwd=tmp_path, env=env)
+    assert run.returncode == 1, run.stderr
+    message = _paragraph(run.stderr)
+    assert message.startswith("robench: error: The attack 'boom' (plugin 'boom', from "
+                              "broken-attack 0.1) raised RuntimeError: no kernel for this CPU (")
+    assert "before any work" in message and "Traceback" not in run.stderr

@@ -3,13 +3,15 @@ class-name files, importing user callables and inferring the number of outputs."
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import importlib
 import json
+import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,22 +155,54 @@ def apply_class_index(base: Sequence[str], mapping: Mapping[str, int], num_class
     return tuple(names)
 
 
+@contextlib.contextmanager
+def working_directory_importable() -> Iterator[None]:
+    """The working directory first on ``sys.path`` while a user's module is looked up and
+    imported, as ``python -m`` and ``python`` put it there: the ``robench`` console script's
+    path holds only its own folder, so ``py:train_cnn:small_cnn`` run from the folder holding
+    ``train_cnn.py`` would not be found.  The entry is removed afterwards (the imported module
+    stays in ``sys.modules``), so no other import of the run is shadowed by the user's files."""
+    cwd = os.getcwd()
+    if any(os.path.abspath(p or os.curdir) == cwd for p in sys.path):
+        yield
+        return
+    sys.path.insert(0, cwd)
+    importlib.invalidate_caches()  # a file written after the last look at this folder
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(cwd)
+
+
 def import_callable(target: str, *, what: str) -> Any:
-    """The object named by ``package.module:attr`` (UsageError naming the module if not)."""
+    """The object named by ``package.module:attr`` (UsageError naming the module if not).
+
+    The module is imported with the working directory on the path (see
+    :func:`working_directory_importable`); an exception raised while importing it is the
+    user's code failing, a :class:`robench.errors.UserCodeError`."""
+    from robench.errors import UserCodeError, describe_exception
+
     if not CALLABLE_RE.match(target):
         raise robench.UsageError(
             f"{what}: {target!r} is not of the form 'package.module:callable'.")
     module_name, _, attr_path = target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        with working_directory_importable():
+            module = importlib.import_module(module_name)
     except ImportError as exc:
-        shown = ", ".join(repr(p) for p in sys.path[:4] if p) or "(empty)"
+        shown = ", ".join(repr(p) for p in [os.getcwd(), *sys.path][:4] if p) or "(empty)"
         raise robench.UsageError(
             f"{what}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}). It "
-            f"must be importable from the Python path (sys.path starts with {shown}); install "
-            f"the package, run from the folder that holds it, or add that folder to "
-            f"PYTHONPATH."
+            f"must be importable from the working directory or the Python path (searched: "
+            f"{shown}, ...); install the package, run from the folder that holds it, or add "
+            f"that folder to PYTHONPATH."
         ) from None
+    except Exception as exc:
+        raise UserCodeError(
+            f"{what}: importing module {module_name!r} raised {describe_exception(exc)}. "
+            f"Fix the module, then rerun."
+        ) from exc
     obj: Any = module
     for part in attr_path.split("."):
         if not hasattr(obj, part):

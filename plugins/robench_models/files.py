@@ -28,9 +28,11 @@ exported program's, the timm config's, else any size / 3 channels), ``class_name
 ``class_index`` (JSON/CSV, as for ``timm:``).  Relative paths are relative to the working
 directory.
 
-``py:package.module:callable`` imports the module (it must be on the Python path) and calls
-the callable.  It may return a ``robench.Classifier`` (used as it is) or an ``nn.Module``
-mapping images to logits.  Parameters: ``num_classes``, ``image_size``, ``in_chans`` (passed
+``py:package.module:callable`` imports the module (from the working directory, as
+``python -m`` does, or the Python path) and calls the callable; an exception it raises is the
+user's code failing (:class:`robench.errors.UserCodeError`, exit code 2).  It may return a
+``robench.Classifier`` (used as it is) or an ``nn.Module`` mapping images to logits.
+Parameters: ``num_classes``, ``image_size``, ``in_chans`` (passed
 to the callable when its signature takes them, and used by robench: with an ``nn.Module``
 and no ``num_classes``, the outputs are counted with one forward pass on a dummy input of
 ``image_size`` x ``image_size`` with ``in_chans`` channels, default 3), ``mean`` / ``std``,
@@ -50,6 +52,7 @@ import torch
 from torch import nn
 
 import robench
+from robench.errors import UserCodeError, describe_exception
 from robench.models import load_state_file
 
 from .common import (
@@ -65,6 +68,7 @@ from .common import (
     read_class_index,
     set_mode,
     unwrap_state,
+    working_directory_importable,
 )
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".tar")
@@ -83,14 +87,18 @@ def check_py_name(rest: str) -> None:
             f"py:my_models.zoo:build_net (a callable returning an nn.Module or a "
             f"robench.Classifier).")
     top = rest.split(":")[0].split(".")[0]
-    if importlib.util.find_spec(top) is None:
+    with working_directory_importable():
+        found = importlib.util.find_spec(top) is not None
+    if not found:
+        import os
         import sys
 
-        shown = ", ".join(repr(p) for p in sys.path[:4] if p) or "(empty)"
+        shown = ", ".join(repr(p) for p in sys.path[:3] if p) or "(empty)"
         raise robench.UsageError(
-            f"Model 'py:{rest}': no module {top!r} on the Python path (sys.path starts with "
-            f"{shown}); install the package, run from the folder that holds it, or add that "
-            f"folder to PYTHONPATH.")
+            f"Model 'py:{rest}': no module {top!r} in the working directory "
+            f"({os.getcwd()!r}) or on the Python path (sys.path starts with {shown}); run "
+            f"from the folder that holds {top}.py (or the package {top}/), install the "
+            f"package, or add that folder to PYTHONPATH.")
 
 
 def _call_factory(target: str, *, shared: dict[str, Any], extra: dict[str, Any],
@@ -110,7 +118,19 @@ def _call_factory(target: str, *, shared: dict[str, Any], extra: dict[str, Any],
         raise robench.UsageError(
             f"{what}: {target!r} takes no parameter {', '.join(repr(u) for u in unknown)} "
             f"(it takes {', '.join(sorted(accepted)) or 'none'}).")
-    return factory(**kwargs, **extra)
+    try:
+        return factory(**kwargs, **extra)
+    except robench.RobenchError:
+        raise
+    except Exception as exc:  # the user's code: one paragraph, exit 2 (--debug: traceback)
+        raise UserCodeError(
+            f"{what}: {target} raised {describe_exception(exc)} when robench called it"
+            f"{' with ' + _call_text({**kwargs, **extra}) if kwargs or extra else ''}. "
+            f"Fix it there, then rerun.") from exc
+
+
+def _call_text(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
 def _finish(
