@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robench.cli_text import plain
+from robench.cli_text import headline_note, plain
 from robench.errors import RobenchError, UsageError, unknown_kind
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -192,6 +192,9 @@ def _summary(results, runner) -> None:
             table.add_row(*[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
                             for c in cols])
         out.print(table)
+        note = headline_note(board)
+        if note:
+            out.print(note, markup=False)
     out.print(f"results: {run_dir / 'results.csv'}  ({len(results)} rows)")
     for report in ("leaderboard.csv", "leaderboard.md", "leaderboard.html",
                    "leaderboard.json", "run.json"):

@@ -202,3 +202,31 @@ def test_a_plugin_factory_that_raises_is_one_paragraph_naming_the_plugin_and_exi
     assert message.startswith("robench: error: The attack 'boom' (plugin 'boom', from "
                               "broken-attack 0.1) raised RuntimeError: no kernel for this CPU (")
     assert "before any work" in message and "Traceback" not in run.stderr
+
+
+# --------------------------------------------------------------------------- the summary
+
+
+def test_the_summary_says_at_which_threat_and_eps_the_headline_is(tmp_path):
+    result = CliRunner().invoke(app, [
+        "grid", "--backbones", "digits-cnn", "--adaptors", "none", "--target", "none",
+        "--attacks", "fgsm", "--eps", "linf:2/255,8/255", "--epochs", "1", "--limit", "30",
+        "--workers", "1", "-q", "--out", str(tmp_path), "--name", "headline"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if "headline_acc" in line)
+    note = [line for line in lines[header + 1:] if line.startswith("headline_acc: ")]
+    assert note == ["headline_acc: worst-case robust accuracy, linf @ 8/255"], result.output
+
+
+def test_the_headline_note_says_when_it_is_the_minimum_over_attacks():
+    import pandas as pd
+
+    from robench.cli_text import headline_note
+
+    board = pd.DataFrame({"headline_metric": ["worst-case robust accuracy, l2 @ 0.5"] * 2,
+                          "headline_source": ["worst-case", "min-over-attacks"]})
+    assert headline_note(board) == (
+        "headline_acc: worst-case robust accuracy, l2 @ 0.5 (for models without worst-case "
+        "rows, the lowest robust accuracy over the attacks: an optimistic bound)")
+    assert headline_note(pd.DataFrame({"model": []})) is None
