@@ -81,15 +81,15 @@ class UnknownNameError(UsageError):
         self.close_matches = close
 
 
-def closest(name: str, known: Iterable[str], n: int = 3) -> list[str]:
-    """The known names closest to ``name``, best first."""
-    return difflib.get_close_matches(name, sorted(known), n=n, cutoff=0.5)
+def closest(name: str, known: Iterable[str], n: int = 3, *, cutoff: float = 0.5) -> list[str]:
+    """The known names closest to ``name``, best first (``cutoff``: how alike, 0 to 1)."""
+    return difflib.get_close_matches(name, sorted(known), n=n, cutoff=cutoff)
 
 
 def unknown_kind(kind: str, kinds: Iterable[str]) -> UsageError:
     """The error for a plugin kind that does not exist, with the closest kinds suggested."""
     kinds = list(kinds)
     # nine short, unlike words: only a close match is a useful guess ('atack', not 'dataset')
-    close = difflib.get_close_matches(kind.lower(), kinds, n=2, cutoff=0.7)
+    close = closest(kind.lower(), kinds, n=2, cutoff=0.7)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return UsageError(f"Unknown plugin kind {kind!r}.{hint} Kinds are {', '.join(kinds)}.")

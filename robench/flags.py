@@ -30,9 +30,13 @@ number; it tells the reader where to look.  Codes (docs/protocol.md explains eac
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pandas as pd
+
+#: every flag code, in the order the docstring above explains them (the one list of them)
+FLAG_CODES: tuple[str, ...] = tuple(re.findall(r"^``([a-z0-9-]+)``", __doc__ or "", re.M))
 
 #: robust accuracy margin (fraction) for comparisons between attacks
 MARGIN = 0.002

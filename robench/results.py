@@ -2,9 +2,16 @@
 
 One row per model x domain x attack x eps (plus ``worst-case`` rows per threat model).
 This is the contract of ``results.csv``; docs/results.md explains each column.
+
+Importing this module (``run_grid`` and ``evaluate`` do) registers the pandas accessor
+``frame.robench``: ``results.robench.flags`` (each row's flags as a list) and
+``results.robench.has_flag("near-chance")``.  ``results.flags`` is pandas' own
+``DataFrame.flags``, not the column: write ``results["flags"]`` or use the accessor.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 
@@ -78,3 +85,45 @@ def coerce_results(frame: pd.DataFrame) -> pd.DataFrame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     extra = [c for c in frame.columns if c not in COLUMNS]
     return frame[COLUMN_NAMES + extra].reset_index(drop=True)
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """A ``results.csv`` (or a merged one) with the contract's dtypes: text cells that are
+    empty read as ``""``, not NaN, and ``frame.robench`` is available."""
+    return coerce_results(pd.read_csv(path))
+
+
+@pd.api.extensions.register_dataframe_accessor("robench")
+class RobenchAccessor:
+    """``frame.robench``: the ``flags`` column of a results table or leaderboard, read
+    without colliding with pandas' ``DataFrame.flags`` (an attribute of every DataFrame)."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._frame = frame
+
+    def _column(self) -> pd.Series:
+        if "flags" not in self._frame:
+            raise AttributeError("frame.robench needs a 'flags' column: a robench results "
+                                 "table (results.csv) or leaderboard")
+        return self._frame["flags"]
+
+    @property
+    def flags(self) -> pd.Series:
+        """Each row's sanity flags as a list of codes (``[]`` when none), on the frame's
+        index."""
+        return self._column().map(
+            lambda cell: [f for f in str(cell).split(";") if f] if isinstance(cell, str)
+            else [])
+
+    def has_flag(self, flag: str) -> pd.Series:
+        """A boolean mask of the rows that carry ``flag`` (a code of docs/protocol.md, such
+        as ``near-chance``); a code robench does not raise is refused, with the closest."""
+        from robench.errors import UsageError, closest
+        from robench.flags import FLAG_CODES
+
+        if flag not in FLAG_CODES:
+            close = closest(flag, FLAG_CODES, n=2, cutoff=0.75)
+            hint = f"Did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+            raise UsageError(f"{flag!r} is not a robench flag. {hint}Flags are "
+                             f"{', '.join(FLAG_CODES)}.")
+        return self.flags.map(lambda codes: flag in codes).astype(bool)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -220,8 +221,6 @@ def test_the_summary_says_at_which_threat_and_eps_the_headline_is(tmp_path):
 
 
 def test_the_headline_note_says_when_it_is_the_minimum_over_attacks():
-    import pandas as pd
-
     from robench.cli_text import headline_note
 
     board = pd.DataFrame({"headline_metric": ["worst-case robust accuracy, l2 @ 0.5"] * 2,
@@ -230,3 +229,37 @@ def test_the_headline_note_says_when_it_is_the_minimum_over_attacks():
         "headline_acc: worst-case robust accuracy, l2 @ 0.5 (for models without worst-case "
         "rows, the lowest robust accuracy over the attacks: an optimistic bound)")
     assert headline_note(pd.DataFrame({"model": []})) is None
+
+
+# --------------------------------------------------------------------------- results.flags
+
+
+def test_the_flags_column_is_read_through_the_robench_accessor_not_pandas_flags():
+    model, data = _tiny_model_and_data()
+    results = robench.evaluate(model, data, attacks=["fgsm"], eps=["0.1"])
+    assert not isinstance(results.flags, pd.Series)  # pandas' own attribute
+    flags = results.robench.flags
+    assert flags.index.equals(results.index)
+    assert all(isinstance(codes, list) for codes in flags)
+    assert list(flags) == [[c for c in cell.split(";") if c] for cell in results["flags"]]
+    # the tiny random model is near chance on some rows or none: the mask follows the column
+    mask = results.robench.has_flag("near-chance")
+    assert mask.dtype == bool
+    assert list(mask) == ["near-chance" in cell.split(";") for cell in results["flags"]]
+    with pytest.raises(robench.UsageError, match=r"'near-chanse' is not a robench flag\. Did "
+                                                  r"you mean 'near-chance'\?"):
+        results.robench.has_flag("near-chanse")
+
+
+def test_read_results_gives_the_accessor_on_a_csv_with_empty_and_several_flags(tmp_path):
+    from robench.results import COLUMN_NAMES, read_results
+
+    path = tmp_path / "results.csv"
+    frame = pd.DataFrame(
+        {"model": ["a", "b", "c"], "flags": ["", "near-chance", "rises-with-eps;near-chance"]})
+    frame.to_csv(path, index=False)
+    results = read_results(path)
+    assert list(results.columns[:len(COLUMN_NAMES)]) == COLUMN_NAMES
+    assert list(results.robench.flags) == [[], ["near-chance"], ["rises-with-eps", "near-chance"]]
+    assert list(results.robench.has_flag("near-chance")) == [False, True, True]
+    assert list(results[results.robench.has_flag("rises-with-eps")].model) == ["c"]
