@@ -139,9 +139,13 @@ def test_shared_spec_fields_are_documented():
 
 def test_example_plugin_in_docs_is_the_shipped_one():
     text = read("plugins.md")
-    shipped = (DOCS / "example-plugin" / "robench_sign_noise" / "plugin.py").read_text()
+    package = DOCS / "example-plugin" / "robench_sign_noise"
+    shipped = (package / "plugin.py").read_text()
     shown = [b for b in code_blocks(text, "python") if "robench_register_backbones" in b]
     assert shown and shown[0].strip() == shipped.strip(), "plugin.py shown differs from file"
+    factories = (package / "factories.py").read_text()
+    shown = [b for b in code_blocks(text, "python") if "Flatten -> Linear -> ReLU" in b]
+    assert shown and shown[0].strip() == factories.strip(), "factories.py shown differs"
     pyproject = (DOCS / "example-plugin" / "pyproject.toml").read_text()
     blocks = [b for b in code_blocks(text, "toml") if "robench-sign-noise" in b]
     assert blocks, "the example plugin's pyproject.toml is not shown"
@@ -152,7 +156,7 @@ def test_example_plugin_in_docs_is_the_shipped_one():
 @pytest.fixture
 def example_plugin_module(monkeypatch):
     """docs/example-plugin's module, imported from the source tree and forgotten after."""
-    names = ("robench_sign_noise", "robench_sign_noise.plugin")
+    names = ("robench_sign_noise", "robench_sign_noise.plugin", "robench_sign_noise.factories")
     saved = {name: sys.modules.pop(name, None) for name in names}
     monkeypatch.syspath_prepend(str(DOCS / "example-plugin"))
     yield importlib.import_module("robench_sign_noise.plugin")

@@ -263,3 +263,34 @@ def test_read_results_gives_the_accessor_on_a_csv_with_empty_and_several_flags(t
     assert list(results.robench.flags) == [[], ["near-chance"], ["rises-with-eps", "near-chance"]]
     assert list(results.robench.has_flag("near-chance")) == [False, True, True]
     assert list(results[results.robench.has_flag("rises-with-eps")].model) == ["c"]
+
+
+# --------------------------------------------------------------------------- plugins.md
+
+
+def _install_by_path(site: Path, name: str, entry_point: str) -> None:
+    """What ``pip install`` leaves for importlib.metadata: a dist-info with an entry point."""
+    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[robench]\n{entry_point}\n")
+
+
+def test_the_documented_example_plugin_keeps_torch_out_of_every_robench_command(tmp_path):
+    """docs/plugins.md's example, installed: listing and a mistyped kind import no torch."""
+    root = Path(__file__).resolve().parents[1]
+    _install_by_path(tmp_path, "robench-sign-noise", "sign-noise = robench_sign_noise.plugin")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), str(root / "docs" / "example-plugin"),
+         *filter(None, [os.environ.get("PYTHONPATH")])])}
+    probe = ("import runpy, sys\n"
+             "sys.argv = ['robench', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('robench.cli', run_name='__main__')\n"
+             "finally:\n    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n")
+    runs = {}
+    for args, code in ((["plugins", "--kind", "attack"], 0), (["plugins", "--kind", "atack"], 2)):
+        runs[code] = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
+                                    text=True, env=env, timeout=120)
+        assert runs[code].returncode == code, runs[code].stderr
+        assert runs[code].stderr.rstrip().endswith("torch imported: False"), runs[code].stderr
+    assert "sign-noise" in runs[0].stdout and "robench-sign-noise" in runs[0].stdout

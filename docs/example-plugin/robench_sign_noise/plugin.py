@@ -1,44 +1,22 @@
-"""Registers one attack and one backbone through robench's entry-point group."""
+"""Registers one attack and one backbone through robench's entry-point group.
 
-from typing import Annotated
-
-import torch
-from torch import nn
+Every robench command imports this module (listing plugins, refusing a mistyped name), so it
+imports no torch: ``robench.lazy`` names the classes in ``robench_sign_noise.factories``,
+which is imported only when one of them is built or its parameters are checked.
+"""
 
 import robench
 
 
-class SignNoise:
-    """Random +-eps on every pixel: a black-box baseline."""
-
-    def perturb(self, model, x, y, eps, target=None):
-        return (x + eps * torch.randn_like(x).sign()).clamp(0, 1)
-
-
-#: robench checks ``[backbone.tiny-mlp] width`` against this before anything is built
-Width = Annotated[int, robench.Check(ge=1, le=4096, means="hidden units")]
-
-
-class TinyMLP(nn.Module):
-    """Flatten -> Linear -> ReLU: pooled features of size ``width``."""
-
-    def __init__(self, *, image_size: int, in_chans: int, width: Width = 64) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_chans * image_size**2, width),
-                                 nn.ReLU())
-        self.num_features = width
-
-    def forward(self, x):
-        return self.net(x)
-
-
 @robench.hookimpl
 def robench_register_attacks():
-    return [robench.AttackSpec(name="sign-noise", factory=SignNoise, threat="linf",
-                               black_box=True, description="random sign noise")]
+    return [robench.AttackSpec(name="sign-noise",
+                               factory=robench.lazy("robench_sign_noise.factories:SignNoise"),
+                               threat="linf", black_box=True, description="random sign noise")]
 
 
 @robench.hookimpl
 def robench_register_backbones():
-    return [robench.BackboneSpec(name="tiny-mlp", factory=TinyMLP,
+    return [robench.BackboneSpec(name="tiny-mlp",
+                                 factory=robench.lazy("robench_sign_noise.factories:TinyMLP"),
                                  description="a one-layer MLP")]
