@@ -257,15 +257,20 @@ class Grid:
         if not jobs:
             return
         by_key = {j.key: j for j in jobs}
-        parallel = int(getattr(executor, "parallelism", 1) or 1)
+        # asked first: the executor decides how many jobs run at once when given them
+        outcomes = executor.run(jobs)
+        workers = getattr(executor, "parallelism", None)
         last = time.monotonic()
-        with ProgressDisplay(self.progress, jobs, phase, self.console, parallel) as display:
-            for outcome in executor.run(jobs):
+        with ProgressDisplay(self.progress, jobs, phase, self.console, workers,
+                             threads=self.threads) as display:
+            for outcome in outcomes:
                 job = by_key[outcome.key]
                 now = time.monotonic()
-                # with tasks in parallel, the time between two finishes times the
-                # parallelism approximates a task's duration
-                seconds, last = (now - last) * parallel, now
+                # a job's own time where it ran; else the time between two finishes times
+                # the jobs run at once
+                seconds = (outcome.seconds if outcome.seconds is not None
+                           else (now - last) * (workers or 1))
+                last = now
                 if outcome.skipped:  # its model did not train: not stored, retried next time
                     display.advance(f"{job.label} (skipped: its model did not train)", True)
                     continue

@@ -7,6 +7,7 @@ import contextlib
 import heapq
 import math
 import os
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -180,14 +181,17 @@ class Job:
         return self.task
 
     def execute(self) -> JobOutcome:
-        """Run the job; an exception becomes a failed outcome (Ctrl-C still stops the run)."""
+        """Run the job; an exception becomes a failed outcome (Ctrl-C still stops the run).
+        The outcome carries the seconds it ran, timed where it ran."""
+        start = time.perf_counter()
         try:
-            return JobOutcome(key=self.key, ok=True, result=self.fn(**self.kwargs))
+            return JobOutcome(key=self.key, ok=True, result=self.fn(**self.kwargs),
+                              seconds=time.perf_counter() - start)
         except Exception as exc:
             return JobOutcome(
                 key=self.key, ok=False, result=None,
                 error=f"{type(exc).__name__}: {exc}",
-                traceback=traceback.format_exc(),
+                traceback=traceback.format_exc(), seconds=time.perf_counter() - start,
             )
 
 
@@ -201,6 +205,9 @@ class JobOutcome:
     #: not run, because a job it depends on failed (the driver does not store it, so it
     #: runs when its dependency succeeds on a later invocation)
     skipped: bool = False
+    #: seconds the job ran, timed by :meth:`Job.execute` where it ran (None: not known, e.g.
+    #: a job whose worker died); the progress display's estimate learns from it
+    seconds: float | None = None
 
 
 class Dependencies:

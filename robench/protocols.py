@@ -85,7 +85,8 @@ class Executor(Protocol):
     the whole grid at once and starts a job only after every job in its ``after`` succeeded
     (:class:`robench.jobs.Dependencies` does the bookkeeping); otherwise the driver calls
     ``run`` twice: all training, then the evaluations of the models that trained.
-    Optional: ``parallelism`` (tasks run at once), for the progress display's estimate."""
+    Optional: ``parallelism`` (tasks run at once), read right after ``run(jobs)`` is called
+    and before its first outcome: the progress display's header and estimate use it."""
 
     def run(self, jobs: Iterable[Job]) -> Iterator[JobOutcome]: ...
 

@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,10 @@ import robench
 from robench.cli import app
 from robench.config import build_config
 from robench.errors import UsageError
+from robench.eta import TimeLeft, Work
 from robench.host import PluginHost
 from robench.planning import model_plans, train_key
-from robench.progress import ProgressDisplay, TimeLeft
+from robench.progress import ProgressDisplay
 
 TINY = ["--backbones", "digits-cnn", "--adaptors", "none", "--target", "none",
         "--attacks", "fgsm", "--epochs", "1", "--limit", "30", "--workers", "1"]
@@ -39,6 +39,7 @@ def test_a_log_gets_a_timestamped_line_when_each_task_starts_and_ends_and_resumi
     first = _cli("grid", *TINY, "--out", str(tmp_path), "--name", "log")
     assert first.returncode == 0, first.stderr
     stamp = r"^\d\d:\d\d:\d\d "
+    assert "robench: 3 tasks on 1 worker, 1 torch thread each" in first.stderr
     assert re.search(stamp + r"start train digits-cnn\+linear\+none", first.stderr, re.M)
     assert re.search(stamp + r"done grid 1/3: train digits-cnn\+linear\+none in \d:\d\d:\d\d",
                      first.stderr, re.M), first.stderr
@@ -56,7 +57,7 @@ def test_a_long_task_in_a_log_gets_heartbeats():
     from rich.console import Console
 
     text = io.StringIO()
-    job = types.SimpleNamespace(task="train", label="train m")
+    job = robench.Job(key="k", task="train", label="train m", fn=dict)
     with ProgressDisplay(True, [job], "grid", Console(file=text, force_terminal=False),
                          heartbeat=0.0) as bar:
         bar.on_progress("train m", 1, 10)
@@ -69,14 +70,17 @@ def test_a_long_task_in_a_log_gets_heartbeats():
 
 
 def test_the_time_left_comes_from_finished_tasks_of_each_type():
-    left = TimeLeft(["train", "train", "attack", "attack", "attack"], parallel=1)
-    assert left.estimate() is None
-    left.finished("train", 60.0)
+    # the estimator itself is tested in tests/test_progress.py
+    works = [Work("t1", "train", "m1"), Work("t2", "train", "m2"),
+             *(Work(f"a{i}", "attack", "m1", "source", f"x{i}", after=("t1",))
+               for i in range(3))]
+    left = TimeLeft(works, workers=1)
+    assert left.estimate(0.0) is None
+    left.finished("t1", 60.0)
     # one training left at 60 s, three attacks at the only mean known (60 s)
-    assert left.estimate() == pytest.approx(60 + 3 * 60)
-    left.finished("attack", 6.0)
-    assert left.estimate() == pytest.approx(60 + 2 * 6)
-    assert TimeLeft(["a"] * 4, parallel=2).remaining["a"] == 4
+    assert left.estimate(0.0) == pytest.approx(60 + 3 * 60)
+    left.finished("a0", 6.0)
+    assert left.estimate(0.0) == pytest.approx(60 + 2 * 6)
 
 
 def test_plugins_keeps_the_threat_prefix_that_rich_would_read_as_markup():

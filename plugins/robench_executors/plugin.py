@@ -134,12 +134,15 @@ class LocalExecutor:
         return [tuple(sorted({cpus[(i * threads + k) % len(cpus)] for k in range(threads)}))
                 for i in range(count)]
 
+    #: jobs the latest :meth:`run` runs at once (its worker processes, 1 in this process),
+    #: known as soon as ``run`` is called: the progress display shows it and plans with it
+    parallelism: int = 1
+
     def run(self, jobs: Iterable[Job]) -> Iterator[JobOutcome]:
+        """The outcomes of ``jobs``, as they finish.  How many run at once is decided here,
+        before the first outcome is asked for (:attr:`parallelism`)."""
         jobs = list(jobs)
-        if not jobs:
-            return
-        slots = self.worker_slots(jobs)
-        waiting = Dependencies(jobs)
+        slots = self.worker_slots(jobs) if jobs else [None]
         if len(slots) > 1 and not all(job.portable for job in jobs):
             warnings.warn(
                 f"[executor.local] workers = {len(slots)}, but these jobs can run only in this "
@@ -149,6 +152,13 @@ class LocalExecutor:
                 f"importable module or an entry point to use workers, or set workers = 1.",
                 RuntimeWarning, stacklevel=2)
             slots = [None]
+        self.parallelism = len(slots)
+        return self._run(jobs, slots)
+
+    def _run(self, jobs: list[Job], slots: list[str | None]) -> Iterator[JobOutcome]:
+        if not jobs:
+            return
+        waiting = Dependencies(jobs)
         if len(slots) == 1:
             yield from self._in_process(waiting)
             return
