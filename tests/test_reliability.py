@@ -31,11 +31,21 @@ steps = 3
 TIMING = ["seconds", "train_seconds"]
 
 
-def start(config: Path, out: Path, *extra: str) -> subprocess.Popen:
+def _default_sigint() -> None:
+    """In the child before it runs: Ctrl-C handled as in a terminal.  A process started in
+    the background (``nohup make test &``) inherits SIGINT as ignored, and Python then
+    installs no KeyboardInterrupt handler, so the child would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start(config: Path, out: Path, *extra: str, interruptible: bool = False) -> subprocess.Popen:
+    """``robench grid CONFIG`` in a subprocess; ``interruptible``: it takes Ctrl-C (SIGINT)
+    even when the tests themselves run with SIGINT ignored."""
     return subprocess.Popen(
         [sys.executable, "-m", "robench.cli", "grid", str(config), "--out", str(out), "-q",
          *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint if interruptible else None,
     )
 
 
@@ -103,7 +113,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_tasks(tiny):
     config, root = tiny
     out = root / "interrupted"
     store = out / "tiny" / "results.sqlite"
-    proc = start(config, out)
+    proc = start(config, out, interruptible=True)
     while finished_tasks(store) < 1 and proc.poll() is None:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
