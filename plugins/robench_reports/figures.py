@@ -154,15 +154,21 @@ def _two_lines(label: str, limit: int) -> str:
 
 
 def heatmap_figure(matrix: pd.DataFrame, row_labels: Sequence[str],
-                   column_labels: Sequence[str], *, dpi: int) -> str | None:
-    """A models x attacks grid of robust accuracy (%), annotated, 0 dark to 100 bright.
+                   column_labels: Sequence[str], *, dpi: int,
+                   scale_columns: Sequence[bool] | None = None) -> str | None:
+    """A models x attacks grid of robust accuracy (%), annotated, low dark to high bright.
 
-    Column labels ``attack (threat@eps)`` go on two lines and the figure widens with the
-    longest of them, so attack names are not cut (up to :data:`MAX_LABEL` characters)."""
+    The colour range is that of the columns ``scale_columns`` marks (default: all), so a
+    baseline near the clean accuracy (random noise) does not stretch it and leave every
+    attack the same dark colour; cells outside it take the end colour, and every cell is
+    annotated with its number.  Column labels ``attack (threat@eps)`` go on two lines and
+    the figure widens with the longest of them, so attack names are not cut (up to
+    :data:`MAX_LABEL` characters)."""
     if matrix.size == 0:
         return None
     values = matrix.to_numpy(dtype=float) * 100
     height, width = values.shape
+    low, high = heatmap_range(values, scale_columns)
     shown = [_two_lines(c, MAX_LABEL) for c in column_labels]
     longest = max((len(line) for c in shown for line in c.split("\n")), default=8)
     cell = max(1.0, 0.075 * longest)  # inches per column: the label fits horizontally
@@ -171,7 +177,7 @@ def heatmap_figure(matrix: pd.DataFrame, row_labels: Sequence[str],
         cell = 0.8
     fig = Figure(figsize=(min(3.2 + cell * width, 18), min(1.6 + 0.4 * height, 30)))
     ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100,
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=low, vmax=high,
                       aspect="auto")
     ax.set_xticks(range(width), shown, fontsize=8, rotation=35 if rotate else 0,
                   ha="right" if rotate else "center")
@@ -181,10 +187,41 @@ def heatmap_figure(matrix: pd.DataFrame, row_labels: Sequence[str],
         for j in range(width):
             value = values[i, j]
             text = "–" if not np.isfinite(value) else f"{value:.0f}"
+            bright = np.isfinite(value) and (value - low) > 0.6 * (high - low)
             ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="black" if np.isfinite(value) and value > 60 else "white")
-    fig.colorbar(image, ax=ax, label="robust accuracy (%)", fraction=0.04)
+                    color="black" if bright else "white")
+    extend = "neither"
+    finite = values[np.isfinite(values)]
+    if finite.size:
+        extend = {(False, False): "neither", (True, False): "min", (False, True): "max",
+                  (True, True): "both"}[(bool((finite < low).any()),
+                                         bool((finite > high).any()))]
+    fig.colorbar(image, ax=ax, label="robust accuracy (%)", fraction=0.04, extend=extend)
     return figure_uri(fig, dpi=dpi)
+
+
+def heatmap_range(values: np.ndarray, scale_columns: Sequence[bool] | None = None
+                  ) -> tuple[float, float]:
+    """The colour range (percent) of a heatmap: the smallest and largest finite value of the
+    columns ``scale_columns`` marks (all when None or none is marked or finite), widened
+    to at least 10 points so that near-equal values do not look far apart; 0-100 when no
+    value is finite."""
+    values = np.asarray(values, dtype=float)
+    chosen = values
+    if scale_columns is not None and any(scale_columns):
+        marked = values[:, np.asarray(scale_columns, dtype=bool)]
+        if np.isfinite(marked).any():
+            chosen = marked
+    finite = chosen[np.isfinite(chosen)]
+    if finite.size == 0:
+        return 0.0, 100.0
+    low, high = float(finite.min()), float(finite.max())
+    if high - low < 10:
+        middle = (low + high) / 2
+        low, high = max(0.0, middle - 5), min(100.0, middle + 5)
+        if high - low < 10:
+            low, high = (0.0, 10.0) if low <= 0 else (90.0, 100.0)
+    return low, high
 
 
 def domain_bars_figure(pairs: pd.DataFrame, *, headline: str, dpi: int) -> str | None:

@@ -106,11 +106,22 @@ def _pct_cell(value: Any) -> dict[str, Any]:
     return _cell(pct(value), _sort_number(value))
 
 
-def _pp_cell(value: Any) -> dict[str, Any]:
+def _pp_cell(value: Any, *, larger_is_better: bool = True) -> dict[str, Any]:
+    """A difference in percentage points, green where it is good news and red where it is
+    bad: a gain is good when positive, a domain gap (source minus target) when negative."""
     css = "num"
     if _finite(value) and abs(float(value)) >= 0.0005:
-        css += " neg" if float(value) < 0 else " pos"
+        css += " pos" if (float(value) > 0) == larger_is_better else " neg"
     return _cell(signed_pp(value), _sort_number(value), css=css)
+
+
+def _gap_cell(row: Mapping[str, Any], key: str, has_target: bool) -> dict[str, Any]:
+    """The domain gap belongs to the model, not to a domain: shown once, on the target row
+    (where the accuracy drops); the source row of a model with a target row says where."""
+    if has_target and str(row.get("domain")) == "source":
+        return _cell("", "", css="num muted", title="the domain gap is on this model's "
+                                                    "target row")
+    return _pp_cell(row[key], larger_is_better=False)
 
 
 def _ci_text(row: Mapping[str, Any], low: str, high: str) -> str:
@@ -168,9 +179,11 @@ def _columns(board: pd.DataFrame, headline: Headline, multi_run: bool
                else f"robust % {headline.threat} {headline.eps_label}",
                head_title, css="num headline"),
         column("gap_clean", "domain gap clean pp",
-               "source minus target clean accuracy of the same model (percentage points)"),
+               "source minus target clean accuracy of the same model (percentage points), "
+               "on its target row; red: the target is worse"),
         column("gap_robust", "domain gap robust pp",
-               "source minus target headline accuracy of the same model"),
+               "source minus target headline accuracy of the same model, on its target "
+               "row; red: the target is worse"),
         column("adapt_gain_clean", "adapt. gain clean pp",
                "this model minus the same backbone+head without an adaptor, clean accuracy"),
         column("adapt_gain_robust", "adapt. gain robust pp",
@@ -194,7 +207,9 @@ def _columns(board: pd.DataFrame, headline: Headline, multi_run: bool
     return columns
 
 
-def _row_cells(row: Mapping[str, Any], columns: list[dict[str, str]]) -> list[dict[str, Any]]:
+def _row_cells(row: Mapping[str, Any], columns: list[dict[str, str]], *,
+               has_target: bool = False) -> list[dict[str, Any]]:
+    """``has_target``: the model has a target-domain row too (its domain gap goes there)."""
     cells = []
     for col in columns:
         key = col["key"]
@@ -223,7 +238,9 @@ def _row_cells(row: Mapping[str, Any], columns: list[dict[str, str]]) -> list[di
             cells.append(_cell(pct(row[key]), _sort_number(row[key]), css="num headline",
                                sub=_ci_text(row, "headline_ci_low", "headline_ci_high"),
                                badges=badges))
-        elif key.startswith(("gap_", "adapt_gain_")):
+        elif key.startswith("gap_"):
+            cells.append(_gap_cell(row, key, has_target))
+        elif key.startswith("adapt_gain_"):
             cells.append(_pp_cell(row[key]))
         elif key == "flags":
             flags = str(row["flags"] or "")
@@ -243,6 +260,9 @@ def _table_view(board: pd.DataFrame, headline: Headline) -> dict[str, Any]:
     multi_run = board["run"].nunique() > 1
     columns = _columns(board, headline, multi_run)
     blocks: list[dict[str, Any]] = []
+    targets = board[board["domain"] == "target"]
+    with_target = set(zip(targets["run"].astype(str), targets["model"].astype(str),
+                          strict=True))
     for (dataset, domain), group in board.groupby(["dataset", "domain"], sort=False):
         rows = group.to_dict("records")
         floor = sum(bool(r.get("near_chance")) for r in rows)
@@ -254,12 +274,20 @@ def _table_view(board: pd.DataFrame, headline: Headline) -> dict[str, Any]:
             "domain": str(domain), "dataset": str(dataset), "label": label,
             "rows": [{"model": str(r["model"]), "domain": str(r["domain"]),
                       "near_chance": bool(r.get("near_chance")),
-                      "cells": _row_cells(r, columns)} for r in rows],
+                      "cells": _row_cells(r, columns,
+                                          has_target=(str(r["run"]), str(r["model"]))
+                                          in with_target)}
+                     for r in rows],
         })
     return {"columns": columns, "blocks": blocks, "rows": len(board)}
 
 
 # --------------------------------------------------------------------------- figures
+
+
+def _baseline(attack: str, threat: str) -> bool:
+    """A column that measures no adversary: random noise, a corruption, no attack."""
+    return attack == "noise" or threat in ("corruption", "none")
 
 
 def _model_label(key: tuple[Any, ...], multi_run: bool) -> str:
@@ -303,13 +331,18 @@ def _figures(results: pd.DataFrame, board: pd.DataFrame, headline: Headline,
             matrix["robust_acc"], strict=True)}
         grid = pd.DataFrame([[values.get((k, c), np.nan) for c in column_keys] for k in keys])
         row_labels = [f"{_model_label(k, multi_run)} · {k[3]}" for k in keys]
-        uri = heatmap_figure(grid, row_labels, column_labels, dpi=dpi)
+        # the baselines (random noise, corruptions) are not attacks: near the clean
+        # accuracy, they would stretch the colour scale and flatten the attacks' contrast
+        scaled = [not _baseline(a, t) for t, a in column_keys]
+        uri = heatmap_figure(grid, row_labels, column_labels, dpi=dpi, scale_columns=scaled)
         if uri:
             out.append({
                 "id": "heatmap", "heading": "Models × attacks", "uri": uri,
                 "alt": "heatmap of robust accuracy per model and attack",
                 "caption": "Robust accuracy (%) per model and attack, each at its threat "
-                           f"model's main eps (the headline eps for {headline.threat})."})
+                           f"model's main eps (the headline eps for {headline.threat}). "
+                           "The colours span the attacks' range; baselines (noise, "
+                           "corruptions) above it show its top colour, with their number."})
 
     pairs = []
     for (run, model), group in board.groupby(["run", "model"], sort=False):
