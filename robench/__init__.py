@@ -23,6 +23,7 @@ from robench.specs import (
     ExecutorSpec,
     HeadSpec,
     ModelSpec,
+    Preprocess,
     ReporterSpec,
     TensorSplit,
     as_tensors,
@@ -36,6 +37,7 @@ _LAZY: dict[str, str] = {
     "load_model": "robench.grid",
     "evaluate": "robench.api",
     "load_backbone_weights": "robench.models",
+    "ImageFiles": "robench.data",
 }
 
 
@@ -53,6 +55,7 @@ def __getattr__(name: str) -> Any:
 PUBLIC_MODULES: tuple[str, ...] = (
     "robench",
     "robench.classifiers",
+    "robench.data",
     "robench.defenses",
     "robench.errors",
     "robench.examples",
@@ -79,11 +82,13 @@ __all__ = [
     "ExecutorSpec",
     "GridConfig",
     "HeadSpec",
+    "ImageFiles",
     "Job",
     "ModelSpec",
     "JobOutcome",
     "PluginError",
     "PluginHost",
+    "Preprocess",
     "ReporterSpec",
     "RobenchError",
     "TensorSplit",

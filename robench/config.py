@@ -79,6 +79,13 @@ Limit = Annotated[int | None, Check(ge=1, rule="an integer >= 1, or 0 or 'all' f
 Count = Annotated[int, Check(ge=1)]
 Natural = Annotated[int, Check(ge=0)]
 Rate = Annotated[float, Check(ge=0)]
+ClassImages = Annotated[int, Check(ge=0, rule="a number of classes >= 0 (0 or false: none; "
+                                              "true: the default)")]
+LoaderWorkers = Annotated[Annotated[int, Check(ge=0)] | Literal["auto"],
+                          Check(rule="an integer >= 0, or 'auto' for one per usable core "
+                                     "(at most 4)")]
+DEFAULT_CLASS_IMAGES = 10
+DEFAULT_ALIGNMENT_IMAGES = 512
 
 
 @dataclass
@@ -122,6 +129,17 @@ class GridConfig:
     out: NonEmpty = "reports"
     fresh: bool = False
     eval_batch_size: Count = 256
+    #: class images (optimised from noise: what the model "sees" as a class) for at most this
+    #: many classes, spread evenly over the class indices; 0 (or false) draws none.  The
+    #: clean task's costliest part (160 steps per image at the model's input size): the
+    #: default keeps a 1,000-class model as cheap as a 10-class one
+    class_images: ClassImages = DEFAULT_CLASS_IMAGES
+    #: perceptual alignment scores each class image against the mean of at most this many
+    #: training images of its class (the first ones by index), decoded batch by batch
+    alignment_images: Count = DEFAULT_ALIGNMENT_IMAGES
+    #: loader worker processes that decode a dataset read from files (0: decode in the
+    #: task's own process; "auto": one per usable core, at most 4)
+    loader_workers: LoaderWorkers = "auto"
     #: per-plugin parameters: {"attack": {"pgd": {"steps": 20}}, ...}
     params: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
@@ -238,7 +256,8 @@ _FIELD_TYPES = {f.name: f.type for f in fields(GridConfig)}
 #: keys whose values robench.params checks against the field's annotation
 _SCALAR_KEYS = ("name", "dataset", "executor", "out", "limit", "epochs", "batch_size",
                 "eval_batch_size", "seed", "lr", "weight_decay", "fresh", "device",
-                "lr_schedule", "precision")
+                "lr_schedule", "precision", "class_images", "alignment_images",
+                "loader_workers")
 _LIST_KEYS = ("backbones", "heads", "adaptors", "models", "defenses", "attacks", "reporters")
 #: the dataset whose showcase target and adaptors are the defaults (the default grid's)
 SHOWCASE_DATASET = "digits"
@@ -282,6 +301,11 @@ def _scalar(key: str, value: Any) -> Any:
     line converted to the number asked for); names and paths stripped, device lower-cased."""
     if key == "limit" and value in (0, "0", "all") and not isinstance(value, bool):
         return None  # the whole test split
+    if key == "class_images" and isinstance(value, bool):
+        return DEFAULT_CLASS_IMAGES if value else 0
+    if key == "class_images" and isinstance(value, str) and value.strip().lower() in (
+            "true", "false"):
+        return DEFAULT_CLASS_IMAGES if value.strip().lower() == "true" else 0
     if isinstance(value, str):
         value = value.strip().lower() if key == "device" else value.strip()
     return check_value(_annotations()[key], value, subject=f"Config key {key!r}", coerce=True)

@@ -35,6 +35,10 @@ class WorkerContext:
     _bundles: dict[str, DatasetBundle] = field(default_factory=dict, repr=False)
     _models: OrderedDict[str, tuple[Any, dict]] = field(
         default_factory=OrderedDict, repr=False)
+    #: datasets as complete models with their own preprocessing see them
+    _views: dict[str, DatasetBundle] = field(default_factory=dict, repr=False)
+    #: the evaluated subset last decoded (keyed by its split, limit and device)
+    _subsets: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict, repr=False)
     #: per evaluated model and attack (run, key, device, precision, attack), the batch size
     #: that fitted after an out-of-memory back-off: the attack's task on the model's other
     #: domain starts there instead of running out of memory again.  Keyed by attack too, so
@@ -58,8 +62,53 @@ class WorkerContext:
             self._bundles[key] = self.host.build("dataset", dataset, **params)
         return self._bundles[key]
 
-    def dataset(self, config: GridConfig, dataset: str) -> DatasetBundle:
-        return self.bundle(dataset, config.plugin_params("dataset", dataset))
+    def dataset(self, config: GridConfig, dataset: str,
+                preprocess: dict[str, Any] | None = None) -> DatasetBundle:
+        """The dataset of the grid; with a model's ``preprocess`` (a complete model's own
+        input pipeline, recorded in its metadata), its files decoded that way."""
+        bundle = self.bundle(dataset, config.plugin_params("dataset", dataset))
+        if preprocess is None:
+            return bundle
+        from robench.data import for_model
+
+        key = f"{dataset}:{json.dumps(config.plugin_params('dataset', dataset), sort_keys=True)}" \
+              f":{json.dumps(preprocess, sort_keys=True)}"
+        if key not in self._views:
+            self._views[key] = for_model(bundle, preprocess)
+        return self._views[key]
+
+    def subset(self, bundle: DatasetBundle, config: GridConfig, device: str,
+               on_batch: Any = None) -> tuple[Any, Any]:
+        """The evaluated subset of ``bundle``'s test split (``limit`` images, by index), as
+        ``robench.data.Images`` and labels on ``device``.  Decoded once per process and kept
+        (one subset at a time, 8-bit for decoded files); ``on_batch(images, labels)`` sees
+        each batch while it is decoded, or every batch of the kept subset."""
+        from robench import data
+
+        key = f"{id(bundle.test)}:{config.limit}:{device}"
+        if key not in self._subsets:
+            self._subsets.clear()
+            indices = data.subset_indices(len(bundle.test), config.limit)
+            images, labels = data.load_subset(
+                bundle.test, indices, batch_size=self.eval_batch(bundle, config),
+                workers=config.loader_workers, device=device, on_batch=on_batch)
+            self._subsets[key] = (images.placed(device), labels, bundle.test)
+            return self._subsets[key][:2]
+        images, labels, _ = self._subsets[key]
+        if on_batch is not None:
+            batch = self.eval_batch(bundle, config)
+            for start in range(0, len(labels), batch):
+                on_batch(images[start:start + batch], labels[start:start + batch])
+        return images, labels
+
+    @staticmethod
+    def eval_batch(bundle: DatasetBundle, config: GridConfig) -> int:
+        """The evaluation batch for ``bundle``'s images: ``eval_batch_size``, capped by
+        their size (``robench.data.batch_size_for``)."""
+        from robench.data import batch_size_for
+
+        return batch_size_for(config.eval_batch_size,
+                              (bundle.in_chans, bundle.image_size, bundle.image_size))
 
     def evaluated_model(self, run_dir: str, plan: ModelPlan, key: str, device: str,
                         precision: str = "fp32", compile_backend: str = "off"

@@ -25,7 +25,7 @@ from robench.io import atomic_write_bytes
 
 TEXT_KEYS = ("model", "domain", "dataset", "attack", "threat")
 IMAGE_KEYS = ("images_clean", "images_adv", "class_images")
-INT_KEYS = ("labels", "pred_clean", "pred_adv")
+INT_KEYS = ("labels", "pred_clean", "pred_adv", "class_labels")
 
 
 def _uint8_hwc(images: Any) -> np.ndarray:
@@ -86,6 +86,9 @@ def assemble(run_dir: str | Path, *, model: str, domain: str, dataset: str,
     pictures = read_task_examples(run_dir, class_images_key) if class_images_key else None
     if pictures and "class_images" in pictures:
         arrays["class_images"] = pictures["class_images"]
+        if "class_labels" in pictures:  # a subset of the classes was pictured
+            arrays["class_image_names"] = np.asarray(
+                [str(class_names[int(i)]) for i in pictures["class_labels"]])
     for key in attack_keys:
         found = read_task_examples(run_dir, key)
         if found and "images_adv" in found:

@@ -320,13 +320,14 @@ class Grid:
     def dataset_provenance(self) -> dict[str, Any]:
         """Per dataset: what its plugin says of it (source, split, file hash) and a hash of
         the evaluated subset, so numbers from two machines can be checked to be comparable."""
-        from robench.worker import eval_subset, subset_hash
+        from robench.data import subset_indices
 
         out = {}
         for dataset, bundle in (self.valid.bundles.items() if self.valid else ()):
-            x, y = eval_subset(bundle, self.config.limit)
-            out[dataset] = {"info": dict(bundle.info), "evaluated": len(y),
-                            "subset_sha256": subset_hash(x, y)}
+            out[dataset] = {"info": dict(bundle.info),
+                            "evaluated": len(subset_indices(len(bundle.test),
+                                                            self.config.limit)),
+                            "subset_sha256": self.valid.subset_sha256[dataset]}
         return out
 
     def write_outputs(self, results: pd.DataFrame) -> None:

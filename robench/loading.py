@@ -61,6 +61,40 @@ def load_complete(host: PluginHost, plan: ModelPlan, *, num_classes: int,
     return module, classifier
 
 
+def preprocess_for(classifier: Any, bundle: Any, dataset_params: dict[str, Any]
+                   ) -> dict[str, Any] | None:
+    """The preprocessing a complete model's images are decoded with on ``bundle``: its own
+    (``Classifier.preprocess``) when the dataset is read from files and its ``image_size``
+    is not set by the user (which then wins); ``None``: the dataset's own decoding."""
+    from robench.data import ImageFiles
+
+    preprocess = getattr(classifier, "preprocess", None)
+    if preprocess is None or "image_size" in dataset_params:
+        return None
+    if not (isinstance(bundle.train, ImageFiles) and isinstance(bundle.test, ImageFiles)):
+        return None
+    return preprocess.to_dict()
+
+
+def load_complete_on(host: PluginHost, plan: ModelPlan, bundle: Any, *, dataset: str,
+                     dataset_params: dict[str, Any]
+                     ) -> tuple[torch.nn.Module, Any, dict[str, Any] | None, Any]:
+    """A complete model fitted to ``bundle`` as the model sees it: ``(module, classifier,
+    preprocess or None, the bundle decoded through that preprocessing)``."""
+    from robench.data import for_model
+
+    classifier = host.build("model", plan.model, **plan.model_params)
+    preprocess = preprocess_for(classifier, bundle, dataset_params)
+    view = for_model(bundle, preprocess)
+    from robench.classifiers import fit_to_dataset
+
+    module = fit_to_dataset(classifier, model_name=plan.model, dataset=dataset,
+                            num_classes=view.num_classes,
+                            class_names=[str(c) for c in view.class_names],
+                            image_size=view.image_size, in_chans=view.in_chans)
+    return module, classifier, preprocess, view
+
+
 def defended(host: PluginHost, plan: ModelPlan, model: torch.nn.Module) -> torch.nn.Module:
     """``model`` inside the inference defense of ``plan``."""
     return host.build("defense", plan.defense, model=model, **plan.defense_params)

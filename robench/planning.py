@@ -216,10 +216,19 @@ def train_key(config: GridConfig, plan: ModelPlan, threads: int = 1) -> str:
 
 def clean_key(config: GridConfig, model_key: str, domain: str, dataset: str,
               threads: int = 1) -> str:
+    from robench.config import DEFAULT_ALIGNMENT_IMAGES, DEFAULT_CLASS_IMAGES
+
+    # class images and their alignment join the key only when not the defaults, so runs
+    # written before these settings existed resume with the same keys
+    pictures = {k: v for k, v, default in (
+        ("class_images", config.class_images, DEFAULT_CLASS_IMAGES),
+        ("alignment_images", config.alignment_images, DEFAULT_ALIGNMENT_IMAGES))
+        if v != default}
     return task_key({"task": "clean", "model": model_key, "domain": domain,
                      "dataset": dataset, "limit": config.limit,
                      "precision": config.precision,
-                     "seed": config.seed, "robench": __version__, **_threads(threads)})
+                     "seed": config.seed, "robench": __version__, **_threads(threads),
+                     **pictures})
 
 
 def attack_key(config: GridConfig, attack: AttackPlan, model_key: str, domain: str,

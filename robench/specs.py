@@ -224,7 +224,11 @@ class TensorSplit:
 class DatasetBundle:
     """What a dataset factory returns.
 
-    ``train`` and ``test`` yield ``(image, label)`` with images ``(C, H, W)`` float in [0, 1].
+    ``train`` and ``test`` are map-style datasets of ``(image, label)``, images ``(C, H, W)``
+    float in [0, 1].  They may be large (a
+    folder of ImageNet's size): the harness reads them by index, decodes only the evaluated
+    subset and the training batches (``robench.data``), and never materialises a split.
+    Small built-ins hold a :class:`TensorSplit`; folders a lazy ``robench.ImageFiles``.
     ``domain`` names the domain the images come from (e.g. ``photo`` in PACS).
     """
 
@@ -239,6 +243,64 @@ class DatasetBundle:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+CROP_MODES = ("center", "squash")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model wants its images made from a file: resize, then centre-crop to ``size``.
+
+    ``resize`` is the shorter side after resizing (``crop_mode="center"``, the aspect ratio
+    kept) or both sides (``"squash"``); timm's eval transform uses
+    ``resize = floor(size / crop_pct)``.  Applied to PIL images with torchvision's
+    ``Resize``/``CenterCrop``, the same operations timm's ``create_transform`` builds.
+    """
+
+    size: int
+    resize: int
+    interpolation: str = "bilinear"
+    crop_mode: str = "center"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, "
+                             f"got {self.interpolation!r}")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
+        if self.size < 1 or self.resize < self.size:
+            raise ValueError(f"need 1 <= size <= resize, got size {self.size}, "
+                             f"resize {self.resize}")
+
+    @classmethod
+    def from_crop_pct(cls, size: int, crop_pct: float, *, interpolation: str = "bilinear",
+                      crop_mode: str = "center") -> Preprocess:
+        import math
+
+        return cls(size=int(size), resize=int(math.floor(size / crop_pct)),
+                   interpolation=interpolation, crop_mode=crop_mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    def describe(self) -> str:
+        how = "shorter side" if self.crop_mode == "center" else "both sides"
+        return (f"resize ({how}) to {self.resize} px ({self.interpolation}), centre crop "
+                f"{self.size} px")
+
+    def pil_transform(self) -> Callable[[Any], Any]:
+        """PIL image -> PIL image of ``size x size``."""
+        from torchvision import transforms
+        from torchvision.transforms import InterpolationMode
+
+        mode = InterpolationMode(self.interpolation)
+        resize = self.resize if self.crop_mode == "center" else (self.resize, self.resize)
+        return transforms.Compose([transforms.Resize(resize, interpolation=mode),
+                                   transforms.CenterCrop(self.size)])
+
+
 @dataclass
 class Classifier:
     """What a model factory returns: a complete classifier and what it expects.
@@ -248,7 +310,10 @@ class Classifier:
     images); otherwise ``module`` receives images in [0, 1].  ``class_names`` are the names of
     the output classes where known (an ImageNet classifier's 1,000 names); ``image_size`` and
     ``in_chans`` the input it needs, where it needs one.  ``info`` is recorded in provenance
-    (for example the checkpoint file and its hash).
+    (for example the checkpoint file and its hash).  ``preprocess`` is how the model's own
+    library makes its input from an image file (timm: resize, then centre crop): a dataset
+    read from files is decoded that way for this model, unless the dataset's ``image_size``
+    is set explicitly.
     """
 
     module: torch.nn.Module
@@ -259,17 +324,24 @@ class Classifier:
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    preprocess: Preprocess | None = None
 
 
 def as_tensors(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Materialise a split as ``(images, labels)`` tensors (small datasets stay resident)."""
+    """Materialise a split as ``(images, labels)`` float tensors in [0, 1].  Decodes every
+    image of a lazy split: for small data and tests; the harness reads splits through
+    ``robench.data`` instead."""
     import torch
 
     if isinstance(split, TensorSplit):
         return split.images, split.labels
     images, labels = [], []
-    for image, label in split:
-        images.append(torch.as_tensor(image, dtype=torch.float32))
+    for index in range(len(split)):
+        image, label = split[index]
+        image = torch.as_tensor(image)
+        # 8-bit pixels (decoded files) read as x / 255, as torchvision's ToTensor does
+        images.append(image.float().div_(255.0) if image.dtype == torch.uint8
+                      else image.float())
         labels.append(int(label))
     if not images:
         raise ValueError("empty split")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robench.data import TrainingData, training_batches
 from robench.defenses import TrainingDefense
 from robench.models import RobenchModel
 from robench.placement import BatchSource
@@ -73,24 +74,22 @@ def _param_groups(model: RobenchModel, adaptor: nn.Module | None, lr: float) -> 
 
 def _defended_step(
     model: RobenchModel, defense: TrainingDefense, xs: torch.Tensor, ys: torch.Tensor,
-    progress: float, target_data: BatchSource | None, generator: torch.Generator,
+    progress: float, xt: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One training defense's step: ``(loss, logits trained on, their source features,
-    target features or None)``.  The target batch is drawn from ``generator`` exactly as
-    without a defense."""
+    target features or None)``.  The target batch ``xt`` is the one drawn for this step
+    exactly as without a defense."""
     b = len(ys)
     x_adv = defense.inputs(model, xs, ys, progress).detach()
     if x_adv.shape != xs.shape:
         raise ValueError(f"the training defense returned images of shape "
                          f"{tuple(x_adv.shape)} for a batch of {tuple(xs.shape)}")
     parts = [xs, x_adv] if defense.needs_clean_logits else [x_adv]
-    if target_data is not None:
-        tidx = torch.randint(len(target_data), (b,), generator=generator)
-        (xt,) = target_data.take(tidx)
+    if xt is not None:
         parts.append(xt)
     feats = model.features(torch.cat(parts) if len(parts) > 1 else parts[0])
-    ft = feats[-b:] if target_data is not None else None
-    source = feats[: len(parts) * b - (b if target_data is not None else 0)]
+    ft = feats[-b:] if xt is not None else None
+    source = feats[: len(parts) * b - (b if xt is not None else 0)]
     all_logits = model.head(source).float()
     logits = all_logits[-b:]
     clean = all_logits[:b] if defense.needs_clean_logits else None
@@ -100,16 +99,17 @@ def _defended_step(
 
 def train_model(
     model: RobenchModel,
-    source: tuple[torch.Tensor, torch.Tensor],
+    source: tuple[torch.Tensor, torch.Tensor] | TrainingData | Any,
     *,
     settings: TrainSettings,
     adaptor: nn.Module | None = None,
-    target_images: torch.Tensor | None = None,
+    target_images: torch.Tensor | TrainingData | Any | None = None,
     device: torch.device | str = "cpu",
     on_step: ProgressCallback | None = None,
     defense: TrainingDefense | None = None,
 ) -> TrainReport:
-    """Train ``model`` in place on ``source`` (images in [0, 1], labels).
+    """Train ``model`` in place on ``source`` (images in [0, 1], labels; or a split, which may
+    be lazy: its batches are then decoded ahead by loader workers, in the same seeded order).
 
     With an adaptor whose ``uses_target`` is true, every step also draws an unlabelled batch
     of ``target_images`` and adds ``adaptor.loss(source_feats, target_feats, progress)``.
@@ -126,11 +126,21 @@ def train_model(
     it was before defenses existed.
     """
     device = torch.device(device)
-    data = BatchSource(source, device)  # resident on the device when it fits, else streamed
+    source_data = TrainingData.of(source)
+    # resident tensors go on the device when they fit, else are streamed (BatchSource); a
+    # lazy split is decoded batch by batch (robench.data.training_batches)
+    data = None if source_data.lazy else BatchSource(
+        [source_data.split.images, source_data.split.labels], device)
     uses_target = adaptor is not None and bool(getattr(adaptor, "uses_target", False))
     if uses_target and (target_images is None or len(target_images) == 0):
         raise ValueError("this adaptor needs target images, and none were given")
-    target_data = BatchSource([target_images], device) if uses_target else None
+    target = None
+    if uses_target:
+        target = TrainingData.of(target_images) if not isinstance(target_images, torch.Tensor) \
+            else TrainingData.of((target_images, torch.zeros(len(target_images),
+                                                             dtype=torch.long)))
+    target_data = BatchSource([target.split.images], device) \
+        if target is not None and not target.lazy else None
 
     prepare = getattr(model.head, "prepare_backbone", None)
     if callable(prepare):
@@ -149,7 +159,8 @@ def train_model(
                               enabled=amp_dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
     generator = torch.Generator().manual_seed(settings.seed)
-    n = len(data)
+    n = len(source_data)
+    index_device = data.index_device if data is not None else torch.device("cpu")
     batch = min(settings.batch_size, n)
     steps_per_epoch = max(1, n // batch)
     total = settings.epochs * steps_per_epoch
@@ -168,25 +179,30 @@ def train_model(
             model.backbone.eval()  # a frozen probe keeps its BatchNorm statistics too
         if adaptor is not None:
             adaptor.train()
-        order = torch.randperm(n, generator=generator).to(data.index_device)
-        correct, seen = torch.zeros((), dtype=torch.long, device=device), 0
+        # the epoch's draws, in the order every robench version has made them: the
+        # permutation, then per step the target batch's indices
+        order = torch.randperm(n, generator=generator).to(index_device)
+        steps = []
         for i in range(steps_per_epoch):
+            idx = order[i * batch:(i + 1) * batch]
+            tidx = torch.randint(len(target), (len(idx),), generator=generator) \
+                if target is not None else None
+            steps.append((idx, tidx))
+        correct, seen = torch.zeros((), dtype=torch.long, device=device), 0
+        batches = training_batches(source_data, target, steps, device=device, resident=data,
+                                   resident_target=target_data)
+        for xs, ys, xt in batches:
             progress = step / max(1, total)
             if callable(lr_factor):
                 factor = float(lr_factor(progress))
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
-            idx = order[i * batch:(i + 1) * batch]
-            xs, ys = data.take(idx)
             with autocast:
                 if defense is not None:
-                    loss, logits, fs, ft = _defended_step(model, defense, xs, ys, progress,
-                                                          target_data, generator)
-                elif target_data is not None:
-                    tidx = torch.randint(len(target_data), (len(idx),), generator=generator)
-                    (xt,) = target_data.take(tidx)
+                    loss, logits, fs, ft = _defended_step(model, defense, xs, ys, progress, xt)
+                elif xt is not None:
                     feats = model.features(torch.cat([xs, xt]))
-                    fs, ft = feats[: len(idx)], feats[len(idx):]
+                    fs, ft = feats[: len(ys)], feats[len(ys):]
                 else:
                     fs, ft = model.features(xs), None
                 if defense is None:
@@ -201,7 +217,7 @@ def train_model(
             step += 1
             last_loss = loss.detach()
             correct += (logits.argmax(1) == ys).sum()
-            seen += len(idx)
+            seen += len(ys)
             if on_step is not None:
                 on_step(step, total)
     model.eval()

@@ -70,6 +70,9 @@ class ValidGrid:
     attacks: dict[str, AttackPlan] = field(default_factory=dict)
     #: each defense's stage (none, training, inference)
     stages: dict[str, str] = field(default_factory=dict)
+    #: per dataset, the sha256 of its evaluated subset (8-bit pixels and labels), from the
+    #: decode that validation makes of it
+    subset_sha256: dict[str, str] = field(default_factory=dict)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -201,15 +204,33 @@ def validate(config: GridConfig, context: WorkerContext) -> ValidGrid:
 
     attacks = _check_values(cfg, host, bundles)
     stages = _check_defenses(cfg, host)
-    valid = ValidGrid(device=device, bundles=bundles, attacks=attacks, stages=stages)
+    valid = ValidGrid(device=device, bundles=bundles, attacks=attacks, stages=stages,
+                      subset_sha256=_check_subsets(cfg, bundles))
     _check_complete_models(cfg, context, valid)
     return valid
+
+
+def _check_subsets(cfg: GridConfig, bundles: dict[str, DatasetBundle]) -> dict[str, str]:
+    """Decode each dataset's evaluated subset once (only it, never the whole folder): a file
+    that cannot be read is exit 2 naming it, before any work.  Returns the subsets' hashes
+    for provenance."""
+    from robench import data
+    from robench.worker import subset_hash
+
+    hashes = {}
+    for dataset, bundle in bundles.items():
+        indices = data.subset_indices(len(bundle.test), cfg.limit)
+        images, labels = data.load_subset(bundle.test, indices,
+                                          batch_size=cfg.eval_batch_size,
+                                          workers=cfg.loader_workers)
+        hashes[dataset] = subset_hash(images, labels)
+    return hashes
 
 
 def _check_complete_models(cfg: GridConfig, context: WorkerContext, valid: ValidGrid) -> None:
     """Load each complete model once and fit it to every evaluated dataset, so a model whose
     classes or input do not fit is exit 2 before any work (the message names both)."""
-    from robench.loading import load_complete
+    from robench.loading import load_complete_on
     from robench.planning import ModelPlan
 
     for name in cfg.models:
@@ -218,10 +239,9 @@ def _check_complete_models(cfg: GridConfig, context: WorkerContext, valid: Valid
             bundle = valid.bundles[dataset]
             try:
                 with plugin_code(context.host, "model", name):
-                    load_complete(context.host, plan, num_classes=bundle.num_classes,
-                                  class_names=[str(c) for c in bundle.class_names],
-                                  image_size=bundle.image_size, in_chans=bundle.in_chans,
-                                  dataset=dataset)
+                    # as the model will see the data: a folder through its own preprocessing
+                    load_complete_on(context.host, plan, bundle, dataset=dataset,
+                                     dataset_params=cfg.plugin_params("dataset", dataset))
             except PluginCodeError as exc:
                 if not isinstance(exc.__cause__, (FileNotFoundError, NotADirectoryError,
                                                   PermissionError)):

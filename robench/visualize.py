@@ -20,7 +20,7 @@ from torch import nn
 
 from robench.errors import UsageError
 
-__all__ = ["class_images", "perceptual_alignment"]
+__all__ = ["alignment_from_sums", "class_images", "perceptual_alignment"]
 
 
 def _gaussian_kernel(sigma: float, channels: int, device: torch.device,
@@ -53,7 +53,7 @@ def class_images(model: nn.Module, *, num_classes: int, shape: tuple[int, int, i
                  lr: float = 0.1, jitter: float = 0.1, scale: float = 0.1,
                  blur_every: int = 16, blur_sigma: float = 0.5, tv: float = 0.02,
                  l2: float = 0.0, init_std: float = 1.0, target_prob: float = 0.9,
-                 batch_size: int = 100) -> torch.Tensor:
+                 batch_size: int = 100, classes: list[int] | None = None) -> torch.Tensor:
     """One image per class, optimised from noise to be recognised as that class by ``model``.
 
     Each class's image is ``sigmoid(z)`` (pixels stay in [0, 1] without clipping, so the
@@ -77,6 +77,8 @@ def class_images(model: nn.Module, *, num_classes: int, shape: tuple[int, int, i
             receive a ``.grad``: gradients are taken with :func:`torch.autograd.grad` with
             respect to the image parametrisation only.
         num_classes: how many classes, hence images; image ``i`` is drawn for class ``i``.
+        classes: draw images only for these classes (image ``i`` for ``classes[i]``); the
+            default, every class, draws exactly what ``range(num_classes)`` draws.
         shape: ``(C, H, W)`` of the model's input.
         seed: seeds the initial noise and every random augmentation (drawn on the CPU); with a
             fixed seed and thread count the result is bit-for-bit repeatable.
@@ -146,16 +148,19 @@ def class_images(model: nn.Module, *, num_classes: int, shape: tuple[int, int, i
     device = torch.device(device)
     channels, height, width = (int(s) for s in shape)
     gen = torch.Generator().manual_seed(seed)
-    z_all = torch.randn((num_classes, channels, height, width), generator=gen) * init_std
+    wanted = list(range(num_classes)) if classes is None else [int(c) for c in classes]
+    if any(not 0 <= c < num_classes for c in wanted):
+        raise UsageError(f"class_images: classes must lie in [0, {num_classes}), got {wanted}.")
+    z_all = torch.randn((len(wanted), channels, height, width), generator=gen) * init_std
     kernel = _gaussian_kernel(blur_sigma, channels, device, torch.float32)
     was_training = model.training
     model.eval()
     results = []
     try:
-        for start in range(0, num_classes, batch_size):
+        for start in range(0, len(wanted), batch_size):
             z = z_all[start:start + batch_size].to(device).requires_grad_(True)
             n = len(z)
-            target = torch.arange(start, start + n, device=device)
+            target = torch.tensor(wanted[start:start + n], device=device)
             optimizer = torch.optim.Adam([z], lr=lr)
             for step in range(steps):
                 # random zoom and translation, per image, drawn on the CPU for determinism
@@ -264,28 +269,51 @@ def perceptual_alignment(images: torch.Tensor, class_images_labels: torch.Tensor
     if center not in ("dataset", "image", "none"):
         raise UsageError(f"perceptual_alignment: center must be 'dataset', 'image' or 'none', "
                          f"got {center!r}.")
-    images, train_x = images.cpu(), train_x.cpu()
-    if images.shape[1] != train_x.shape[1]:
+    train_x = train_x.cpu()
+    counts = torch.bincount(train_y, minlength=num_classes).double()
+    flat = train_x.reshape(len(train_x), -1).double()
+    sums = torch.zeros(num_classes, flat.shape[1], dtype=torch.float64)
+    sums.index_add_(0, train_y, flat)
+    return alignment_from_sums(images, labels, sums.view(num_classes, *train_x.shape[1:]),
+                               counts, center=center, grand=flat.mean(0))
+
+
+def alignment_from_sums(images: torch.Tensor, labels: torch.Tensor, sums: torch.Tensor,
+                        counts: torch.Tensor, *, center: str = "dataset",
+                        grand: torch.Tensor | None = None) -> float:
+    """:func:`perceptual_alignment` from per-class sums ``(num_classes, C, H, W)`` (float64)
+    and counts of training images, so the class means can be accumulated batch by batch from
+    a bounded sample per class (``robench.data.class_sums``).  Only classes with a count are
+    candidates.  ``grand`` is the flattened mean training image; by default the mean of
+    the summed images."""
+    images = _as_matrix(images, "images").cpu()
+    labels = torch.as_tensor(labels).long().reshape(-1).cpu()
+    if center not in ("dataset", "image", "none"):
+        raise UsageError(f"perceptual_alignment: center must be 'dataset', 'image' or 'none', "
+                         f"got {center!r}.")
+    num_classes = len(counts)
+    if images.shape[1] != sums.shape[1]:
         images = images.mean(1, keepdim=True)
-        train_x = train_x.mean(1, keepdim=True)
-    if images.shape[-2:] != train_x.shape[-2:]:
-        images = F.interpolate(images, size=tuple(train_x.shape[-2:]), mode="bilinear",
+        sums = sums.mean(1, keepdim=True)
+        grand = None if grand is None else \
+            grand.view(-1, *sums.shape[2:]).mean(0).reshape(-1)
+    if images.shape[-2:] != sums.shape[-2:]:
+        images = F.interpolate(images, size=tuple(sums.shape[-2:]), mode="bilinear",
                                align_corners=False)
-    counts = torch.bincount(train_y, minlength=num_classes).float()
     missing = sorted({int(c) for c in labels if counts[c] == 0})
     if missing:
         raise UsageError(f"perceptual_alignment: no training image of class(es) {missing}, "
                          f"so their class images cannot be scored; pass training images of "
                          f"every class that has a class image.")
-    flat = train_x.reshape(len(train_x), -1).double()
-    sums = torch.zeros(num_classes, flat.shape[1], dtype=torch.float64)
-    sums.index_add_(0, train_y, flat)
+    flat_sums = sums.reshape(num_classes, -1)
     present = counts > 0
-    means = sums[present] / counts[present, None].double()
+    means = flat_sums[present] / counts[present, None].double()
     mean_labels = torch.arange(num_classes)[present]
     pictures = images.reshape(len(images), -1).double()
     if center == "dataset":
-        grand = flat.mean(0, keepdim=True)
+        if grand is None:
+            grand = flat_sums[present].sum(0) / counts[present].sum()
+        grand = grand.reshape(1, -1)
         pictures, means = pictures - grand, means - grand
     elif center == "image":
         pictures = pictures - pictures.mean(1, keepdim=True)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robench import data as data_mod
 from robench import jobs as jobs_mod
 from robench.config import GridConfig
 from robench.context import WorkerContext
@@ -34,11 +35,11 @@ from robench.evaluation import (
 )
 from robench.examples import write_task_examples
 from robench.io import atomic_write_text
-from robench.loading import build_model, load_complete
+from robench.loading import build_model, load_complete_on
 from robench.memory import run_with_backoff
 from robench.models import count_parameters, fp32_reference
 from robench.planning import AttackPlan, ModelPlan, masks_file, model_files
-from robench.specs import DatasetBundle, as_tensors
+from robench.specs import DatasetBundle
 from robench.store import pack_mask
 from robench.training import TrainSettings, train_model
 
@@ -50,21 +51,22 @@ EXAMPLES_PER_ATTACK = 6
 
 
 def eval_subset(bundle: DatasetBundle, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed, reproducible subset of the test split (the same for every seed)."""
-    x, y = as_tensors(bundle.test)
-    if limit is not None and limit < len(y):
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:limit]
-        order, _ = order.sort()
-        x, y = x[order], y[order]
-    return x, y
+    """A fixed, reproducible subset of the test split (the same for every seed), as float
+    tensors.  The tasks read it as :class:`robench.data.Images` instead; this is for scripts
+    that want the very images a grid with ``limit`` evaluates."""
+    images, labels = data_mod.load_subset(bundle.test, data_mod.subset_indices(
+        len(bundle.test), limit))
+    return images[:], labels
 
 
-def subset_hash(x: torch.Tensor, y: torch.Tensor) -> str:
+def subset_hash(x: torch.Tensor | data_mod.Images, y: torch.Tensor) -> str:
     """sha256 of an evaluated subset: its images as 8-bit pixels and its labels."""
     import hashlib
 
+    pixels = x.pixels_uint8() if isinstance(x, data_mod.Images) else \
+        (x.clamp(0, 1) * 255).round().to(torch.uint8)
     digest = hashlib.sha256()
-    digest.update((x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy().tobytes())
+    digest.update(pixels.cpu().numpy().tobytes())
     digest.update(y.cpu().numpy().astype(np.int64).tobytes())
     return digest.hexdigest()
 
@@ -86,9 +88,9 @@ def train_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
     adaptor = host.build("adaptor", model_plan.adaptor,
                          num_features=int(model.backbone.num_features),
                          **model_plan.adaptor_params)
-    target_images = None
+    target_data = None
     if spec.uses_target:
-        target_images, _ = as_tensors(context.dataset(cfg, cfg.target).train)
+        target_data = data_mod.TrainingData.of(context.dataset(cfg, cfg.target).train)
     defense = None
     if model_plan.defense_stage == "training":
         defense = host.build(
@@ -104,8 +106,9 @@ def train_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
         model.load_state_dict(initial)  # a retry starts from the same initial weights
         adaptor.load_state_dict(initial_adaptor)
         return train_model(
-            model, as_tensors(source.train), settings=replace(settings, batch_size=batch_size),
-            adaptor=adaptor, target_images=target_images, device=device, defense=defense,
+            model, data_mod.TrainingData.of(source.train),
+            settings=replace(settings, batch_size=batch_size),
+            adaptor=adaptor, target_images=target_data, device=device, defense=defense,
             on_step=lambda done, total: jobs_mod.report_progress(
                 f"train {model_plan.name}", done, total),
         )
@@ -162,16 +165,16 @@ def load_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
     model_plan = ModelPlan(**plan)
     jobs_mod.report_progress(f"load {model_plan.name}", 0, 1)
     source = context.dataset(cfg, cfg.dataset)
-    class_names = [str(c) for c in source.class_names]
     start = time.perf_counter()
-    module, classifier = load_complete(
-        context.host, model_plan, num_classes=source.num_classes, class_names=class_names,
-        image_size=source.image_size, in_chans=source.in_chans, dataset=cfg.dataset)
+    module, classifier, preprocess, view = load_complete_on(
+        context.host, model_plan, source, dataset=cfg.dataset,
+        dataset_params=cfg.plugin_params("dataset", cfg.dataset))
     meta = {
         "plan": plan, "key": key, "complete": True, "dataset": cfg.dataset,
-        "num_classes": source.num_classes, "image_size": source.image_size,
-        "in_chans": source.in_chans, "class_names": class_names,
+        "num_classes": view.num_classes, "image_size": view.image_size,
+        "in_chans": view.in_chans, "class_names": [str(c) for c in view.class_names],
         "info": {str(k): str(v) for k, v in (classifier.info or {}).items()},
+        "preprocess": preprocess,
     }
     meta_file = Path(run_dir) / model_files(key)[1]
     meta_file.parent.mkdir(parents=True, exist_ok=True)
@@ -183,48 +186,75 @@ def load_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
 def _evaluation_inputs(context: WorkerContext, run_dir: str, config: dict[str, Any],
                        plan: dict[str, Any], model_key: str, dataset: str, device: str
                        ) -> tuple[GridConfig, torch.nn.Module, dict[str, Any], DatasetBundle,
-                                  torch.Tensor, torch.Tensor]:
+                                  data_mod.Images, torch.Tensor]:
     """What an evaluation task starts from: the config, the evaluated model and its metadata,
-    the dataset, and its evaluated subset (``limit`` test images) on the device."""
+    the dataset as the model sees it, and its evaluated subset (``limit`` test images, read
+    on the device batch by batch)."""
     cfg = GridConfig(**config)
     model, meta = context.evaluated_model(run_dir, ModelPlan(**plan), model_key, device,
                                           cfg.precision, cfg.compile)
-    bundle = context.dataset(cfg, dataset)
-    x, y = eval_subset(bundle, cfg.limit)
-    return cfg, model, meta, bundle, x.to(device), y.to(device)
+    bundle = context.dataset(cfg, dataset, meta.get("preprocess"))
+    x, y = context.subset(bundle, cfg, device)
+    return cfg, model, meta, bundle, x, y
 
 
 def clean_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any], key: str,
                plan: dict[str, Any], model_key: str, dataset: str, device: str,
                domain: str = "source", with_class_images: bool = True) -> dict[str, Any]:
-    """Clean accuracy, model diagnostics and class-maximisation images for one domain."""
+    """Clean accuracy, model diagnostics and class-maximisation images for one domain.
+
+    ``seconds`` is the clean pass: decoding the evaluated subset (when this process has not
+    decoded it yet) and classifying it, overlapped; class images are timed apart
+    (``class_images_seconds``), as they cost as much as many clean passes."""
     jobs_mod.report_progress(f"clean {plan['name']} [{domain}]", 0, 1)
-    cfg, model, _meta, bundle, x, y = _evaluation_inputs(context, run_dir, config, plan,
-                                                         model_key, dataset, device)
+    cfg = GridConfig(**config)
+    model, meta = context.evaluated_model(run_dir, ModelPlan(**plan), model_key, device,
+                                          cfg.precision, cfg.compile)
+    bundle = context.dataset(cfg, dataset, meta.get("preprocess"))
+    parts: list[torch.Tensor] = []
+
+    def classify(xb: torch.Tensor, _yb: torch.Tensor) -> None:
+        with torch.no_grad():
+            parts.append(model(xb))
+
     start = time.perf_counter()
-    logits = logits_of(model, x, batch_size=cfg.eval_batch_size)
+    x, y = context.subset(bundle, cfg, device, on_batch=classify)
+    batch = data_mod.batch_size_for(cfg.eval_batch_size, x.shape[1:])
+    logits = torch.cat(parts) if parts else logits_of(model, x, batch_size=batch)
     correct = logits.argmax(1) == y
     seconds = time.perf_counter() - start
-    diag = model_diagnostics(model, x, y, num_classes=bundle.num_classes,
-                             batch_size=cfg.eval_batch_size)
+    diag = model_diagnostics(model, x, y, num_classes=bundle.num_classes, batch_size=batch)
     diag["unbounded_linf_robust"] = unbounded_check(context, model, x, y, correct,
-                                                    seed=cfg.seed,
-                                                    batch_size=cfg.eval_batch_size)
+                                                    seed=cfg.seed, batch_size=batch)
     alignment = None
-    if with_class_images:  # what the model "sees" as each class, and whether it looks so
-        from robench.visualize import class_images, perceptual_alignment
+    pictured: list[int] = []
+    picture_seconds = 0.0
+    if with_class_images and cfg.class_images > 0:
+        # what the model "sees" as each class, and whether it looks so
+        from robench.visualize import alignment_from_sums, class_images
 
+        picture_start = time.perf_counter()
+        pictured = data_mod.pictured_classes(bundle.num_classes, cfg.class_images)
+        everyone = len(pictured) == bundle.num_classes
         pictures = class_images(model, num_classes=bundle.num_classes, shape=tuple(x.shape[1:]),
-                                seed=cfg.seed, device=device)
-        write_task_examples(run_dir, key, class_images=pictures)
-        train_x, train_y = as_tensors(bundle.train)
-        if len(torch.unique(train_y)) == bundle.num_classes:  # a mean image per class needed
-            alignment = perceptual_alignment(pictures, torch.arange(bundle.num_classes),
-                                             train_x, train_y, bundle.num_classes)
+                                seed=cfg.seed, device=device, batch_size=min(100, batch),
+                                classes=None if everyone else pictured)
+        # a subset of the classes is named by index (``class_labels``); all of them, as always
+        write_task_examples(run_dir, key, class_images=pictures,
+                            **({} if everyone else {"class_labels": np.asarray(pictured)}))
+        labels = data_mod.labels_of(bundle.train)
+        if set(pictured) <= set(np.unique(labels).tolist()):  # a mean image per class needed
+            sample = data_mod.class_sample(labels, pictured, cfg.alignment_images)
+            sums, counts, _shape = data_mod.class_sums(
+                bundle.train, sample, num_classes=bundle.num_classes,
+                batch_size=batch, workers=cfg.loader_workers)
+            alignment = alignment_from_sums(pictures, torch.tensor(pictured), sums, counts)
+        picture_seconds = time.perf_counter() - picture_start
     return {
         "n": len(y), "clean_acc": int(correct.sum()) / len(y), "correct": pack_mask(correct),
         "seconds": seconds, "diagnostics": diag, "num_classes": bundle.num_classes,
-        "class_images": bool(with_class_images), "perceptual_alignment": alignment,
+        "class_images": bool(pictured), "perceptual_alignment": alignment,
+        "class_images_seconds": picture_seconds, "pictured_classes": pictured,
     }
 
 
@@ -243,7 +273,8 @@ def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
     target_mode = params.pop("target", None)
     params.pop("eot_samples", None)
     attack_obj = context.host.build("attack", plan.base or plan.name, **params)
-    logits = logits_of(model, x, batch_size=cfg.eval_batch_size)
+    batch = data_mod.batch_size_for(cfg.eval_batch_size, x.shape[1:])
+    logits = logits_of(model, x, batch_size=batch)
     correct = logits.argmax(1) == y
     target = None
     attackable = None
@@ -260,8 +291,7 @@ def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
             start_robust = {float(e): torch.from_numpy(m).to(device)
                             for e, m in zip(data["eps"], data["robust"], strict=True)}
     fitting_key = f"{run_dir}:{model_key}:{device}:{cfg.precision}:{plan.name}"
-    start_batch = min(cfg.eval_batch_size,
-                      context.fitting_batch.get(fitting_key, cfg.eval_batch_size))
+    start_batch = min(batch, context.fitting_batch.get(fitting_key, batch))
     batches = max(1, -(-int(correct.sum()) // start_batch)) * (
         1 if plan.kind == "minimal" else len(eps_list))
     done = [0]

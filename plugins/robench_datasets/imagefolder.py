@@ -6,20 +6,20 @@ how Office-31, PACS, OfficeHome and DomainNet ship, so ``domain=`` picks one dom
 that already has ``train/`` and ``test/`` (or ``val/``) keeps its split, because published
 numbers use it; otherwise a seeded stratified split is made.
 
-Images are decoded with Pillow, centre-cropped to a square and resized (bilinear, with
-Pillow's antialiasing), then held in memory: robench's datasets are small enough that a
-resident tensor is faster than decoding per epoch.
+The splits are lazy (:class:`robench.ImageFiles`): building the dataset lists the files,
+and an image is decoded only when it is read (Pillow; centre-cropped to a square and
+resized to ``image_size``, bilinear with antialiasing), so a folder of ImageNet's 50,000
+validation images costs its file list, not 60 GB of float32.  A complete model evaluated on
+the folder decodes the same files through its own preprocessing instead (timm: resize then
+centre crop at its input size), unless ``image_size`` is set here.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-
 import robench
+from robench.data import ImageFiles, folder_files
 
 from .common import (
     Channels,
@@ -49,10 +49,7 @@ def _images_in(folder: Path) -> list[Path]:
     Not recursive, unlike torchvision's ImageFolder: walking down would silently read a
     ``root/domain/class/image`` tree as one class per domain.
     """
-    return sorted(
-        p for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
+    return folder_files(folder, IMAGE_SUFFIXES)
 
 
 def _class_tree(folder: Path) -> dict[str, list[Path]]:
@@ -94,35 +91,11 @@ def _too_few_classes(folder: Path, *, found: int, domain: str | None) -> robench
     )
 
 
-def _load(files: list[Path], *, image_size: int, channels: int) -> torch.Tensor:
-    """Decode, centre-crop to square, resize; ``(N, C, S, S)`` float32 in [0, 1]."""
-    mode = "RGB" if channels == 3 else "L"
-    out = np.empty((len(files), image_size, image_size, channels), dtype=np.uint8)
-    for i, file in enumerate(files):
-        try:
-            with Image.open(file) as image:
-                image = ImageOps.fit(image.convert(mode), (image_size, image_size),
-                                     method=Image.Resampling.BILINEAR)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise robench.UsageError(
-                f"Dataset {NAME!r}: cannot read image {str(file)!r} ({exc}). Remove or "
-                f"replace it; every file with an image suffix under the root is loaded."
-            ) from exc
-        out[i] = np.asarray(image).reshape(image_size, image_size, channels)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
-
-
 def _split(files: dict[str, list[Path]], classes: list[str], *, image_size: int,
-           channels: int) -> robench.TensorSplit:
+           channels: int) -> ImageFiles:
     paths = [p for name in classes for p in files.get(name, [])]
     labels = [index for index, name in enumerate(classes) for _ in files.get(name, [])]
-    return robench.TensorSplit(_load(paths, image_size=image_size, channels=channels),
-                               torch.tensor(labels, dtype=torch.long))
-
-
-def _rows(split: robench.TensorSplit, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = torch.from_numpy(index)
-    return split.images[rows], split.labels[rows]
+    return ImageFiles(paths, labels, size=image_size, channels=channels, dataset=NAME)
 
 
 @robench.checked(robench.table_ref("data", "imagefolder"))
@@ -185,8 +158,7 @@ def imagefolder(
                 f"testing (each class needs at least 2). Add images, or provide train/ and "
                 f"test/ subfolders."
             )
-        train = robench.TensorSplit(*_rows(every, train_idx))
-        test = robench.TensorSplit(*_rows(every, test_idx))
+        train, test = every.subset(train_idx), every.subset(test_idx)
         split_info = {"split": "stratified", "test_fraction": test_fraction,
                       "split_seed": split_seed}
 

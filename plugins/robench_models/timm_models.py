@@ -36,7 +36,10 @@ any other key
     Passed to ``timm.create_model`` (``drop_rate``, ...).
 
 Without ``pretrained`` and ``pretrained_file`` the weights are random (a warning says so):
-useful for smoke tests only.  Mean and std come from timm's pretrained config and are
+useful for smoke tests only.  Images read from files (``imagefolder``) are decoded with
+timm's own eval preprocessing for the model (``resolve_data_config``: resize to
+``input_size / crop_pct`` with its interpolation, then centre crop), unless the dataset's
+``image_size`` is set.  Mean and std come from timm's pretrained config and are
 applied inside the evaluated model (averaged over channels when ``in_chans`` differs).
 """
 
@@ -207,6 +210,9 @@ def timm_classifier(
         input_size = tuple(model_cfg.get("input_size", ()))
         if len(input_size) == 3 and input_size[1] == input_size[2]:
             size = int(input_size[1])
+    preprocess = _preprocess(model, size)
+    if preprocess is not None:
+        info["preprocess"] = preprocess.describe()
     names = as_str_tuple(class_names, what=what) or imagenet_class_names(outputs)
     if names and len(names) != outputs:
         raise robench.UsageError(
@@ -224,4 +230,23 @@ def timm_classifier(
         mean=mean or None,
         std=std or None,
         info=info,
+        preprocess=preprocess,
     )
+
+
+def _preprocess(model: torch.nn.Module, size: int | None) -> robench.Preprocess | None:
+    """timm's own eval preprocessing of ``model`` (``resolve_data_config``: interpolation,
+    crop_pct, crop_mode; resize then centre crop), at ``size`` when the model is evaluated at
+    another size than its config's.  ``None`` for a crop mode robench does not reproduce."""
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config({}, model=model)
+    input_size = tuple(config.get("input_size", ()))
+    side = size if size is not None else (int(input_size[-1]) if len(input_size) == 3
+                                          and input_size[1] == input_size[2] else None)
+    crop_mode = config.get("crop_mode", "center")
+    if side is None or crop_mode not in ("center", "squash"):
+        return None
+    return robench.Preprocess.from_crop_pct(
+        side, float(config.get("crop_pct") or 0.875),
+        interpolation=str(config.get("interpolation") or "bilinear"), crop_mode=crop_mode)

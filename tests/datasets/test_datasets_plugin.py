@@ -44,7 +44,7 @@ def test_factories_take_keyword_only_params_with_defaults(host: robench.PluginHo
 def test_build_through_the_host(host: robench.PluginHost) -> None:
     bundle = host.build("dataset", "digits", image_size=16)
     assert isinstance(bundle, robench.DatasetBundle)
-    assert bundle.train.images.shape[1:] == (3, 16, 16)
+    assert robench.as_tensors(bundle.train)[0].shape[1:] == (3, 16, 16)
     images, labels = robench.as_tensors(bundle.test)
     assert images.dtype == torch.float32 and labels.dtype == torch.int64
     target = host.build("dataset", "digits-m", image_size=16)
@@ -60,7 +60,8 @@ def test_imagefolder_domains_by_name(host: robench.PluginHost, tmp_path: Path) -
                 Image.new("RGB", (10, 10), (value,) * 3).save(tmp_path / domain / cls / f"{i}.png")
     sketch = host.build("dataset", "imagefolder:sketch", path=str(tmp_path), image_size=8)
     assert sketch.domain == "sketch"
-    assert torch.allclose(sketch.train.images, torch.full_like(sketch.train.images, 220 / 255))
+    sketch_x = robench.as_tensors(sketch.train)[0]
+    assert torch.allclose(sketch_x, torch.full_like(sketch_x, 220 / 255))
     assert host.build("dataset", "imagefolder", path=tmp_path, domain="photo").domain == "photo"
     with pytest.raises(robench.UsageError, match="unknown domain 'art'"):
         host.build("dataset", "imagefolder:art", path=str(tmp_path))

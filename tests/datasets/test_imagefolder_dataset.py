@@ -38,15 +38,16 @@ def test_plain_tree_gets_a_stratified_split(tmp_path: Path) -> None:
     assert (bundle.image_size, bundle.in_chans, bundle.domain) == (16, 3, tmp_path.name)
     assert (len(bundle.train), len(bundle.test)) == (12, 3)
     assert np.bincount(bundle.test.labels.numpy()).tolist() == [1, 1, 1]  # 0.2 of 5 per class
-    assert bundle.train.images.shape == (12, 3, 16, 16)  # 20x12 images cropped and resized
-    assert bundle.train.images.dtype == torch.float32
-    assert bundle.train.images.min() >= 0 and bundle.train.images.max() <= 1
+    assert robench.as_tensors(bundle.train)[0].shape == (12, 3, 16, 16)  # 20x12 cropped, resized
+    assert robench.as_tensors(bundle.train)[0].dtype == torch.float32
+    train_x = robench.as_tensors(bundle.train)[0]
+    assert train_x.min() >= 0 and train_x.max() <= 1
     assert bundle.info["split"] == "stratified"
     _assert_labels_match_colours(bundle.train, list(bundle.class_names))
     _assert_labels_match_colours(bundle.test, list(bundle.class_names))
 
     again = imagefolder(path=tmp_path, image_size=16)
-    assert torch.equal(again.test.images, bundle.test.images)
+    assert torch.equal(robench.as_tensors(again.test)[0], robench.as_tensors(bundle.test)[0])
     assert torch.equal(again.test.labels, bundle.test.labels)
     bigger = imagefolder(path=tmp_path, image_size=16, test_fraction=0.4)
     assert len(bigger.test) == 6
@@ -58,11 +59,13 @@ def test_gray_images_and_one_channel(tmp_path: Path) -> None:
         for i in range(3):
             Image.new("L", (9, 9), value).save(tmp_path / name / f"{i}.png")
     rgb = imagefolder(path=tmp_path, image_size=8)
-    assert rgb.train.images.shape[1] == 3
-    assert torch.equal(rgb.train.images[:, 0], rgb.train.images[:, 1])
+    assert robench.as_tensors(rgb.train)[0].shape[1] == 3
+    rgb_x = robench.as_tensors(rgb.train)[0]
+    assert torch.equal(rgb_x[:, 0], rgb_x[:, 1])
     gray = imagefolder(path=tmp_path, image_size=8, channels=1)
-    assert gray.in_chans == 1 and gray.train.images.shape[1:] == (1, 8, 8)
-    assert sorted(set(gray.train.images.flatten().tolist())) == pytest.approx([40 / 255,
+    assert gray.in_chans == 1 and robench.as_tensors(gray.train)[0].shape[1:] == (1, 8, 8)
+    gray_x = robench.as_tensors(gray.train)[0]
+    assert sorted(set(gray_x.flatten().tolist())) == pytest.approx([40 / 255,
                                                                                200 / 255])
 
 
@@ -127,8 +130,14 @@ def test_single_class_and_broken_image(tmp_path: Path) -> None:
 
     _write_class_tree(tmp_path / "two")
     (tmp_path / "two" / "cat" / "broken.png").write_bytes(b"not a png")
+    bundle = imagefolder(path=tmp_path / "two")  # lazy: listing the files decodes none
+    split = next(s for s in (bundle.train, bundle.test) if any(
+        f.endswith("broken.png") for f in s.files))
+    broken = next(i for i, f in enumerate(split.files) if f.endswith("broken.png"))
     with pytest.raises(robench.UsageError, match="cannot read image .*broken.png"):
-        imagefolder(path=tmp_path / "two")
+        split[broken]
+    with pytest.raises(robench.UsageError, match="cannot read image .*broken.png"):
+        robench.as_tensors(split)
 
 
 def test_bad_params(tmp_path: Path) -> None:
