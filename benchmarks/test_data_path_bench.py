@@ -7,8 +7,9 @@ own timm preprocessing):
 * ``test_folder_grid``: ``robench grid`` (the CLI, default workers and executor) evaluates
   a complete ``timm:resnet18`` (random weights, 10 classes) with FGSM at 1/255 on a folder
   of 10,000 or 50,000 test images, ``limit`` 100 or 1,000.  Recorded in ``extra_info``:
-  the peak resident memory of the whole process tree (the CLI, its worker processes and
-  their loader workers: the sum of their RSS, sampled every 0.2 s), the time from the
+  the peak memory of the whole process tree (the CLI, its worker processes and their loader
+  workers, sampled every 0.2 s: the sum of their PSS, the tree's real footprint, and the sum
+  of their RSS, which counts shared pages once per process), the time from the
   command's start to the first finished attack task (the first ``attack`` row in the store),
   the whole run's time, and the load average.  Settings changed from a user's defaults:
   ``class_images = 1`` (one class image instead of ten: 160 forward+backward passes of a
@@ -90,10 +91,14 @@ def synthetic_folder(test_images: int, train_per_class: int = 20) -> Path:
     return root
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and all its descendants (from /proc)."""
+def tree_memory(pid: int) -> tuple[int, int]:
+    """``(PSS, RSS)`` in bytes of ``pid`` and all its descendants, summed (from /proc).
+
+    PSS (proportional set size) counts a page shared by k processes as 1/k in each: its sum
+    is the tree's real memory.  The RSS sum counts shared pages (torch's libraries, the
+    pages loader workers share with the process they forked from) once per process, so it
+    overstates a tree of torch processes by several hundred MB each."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -102,15 +107,22 @@ def tree_rss(pid: int) -> int:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        child, parent = int(entry.name), int(fields[1])
-        children.setdefault(parent, []).append(child)
-        rss[child] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-    total, stack = 0, [pid]
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    pss = rss = 0
+    stack = [pid]
     while stack:
         p = stack.pop()
-        total += rss.get(p, 0)
         stack.extend(children.get(p, []))
-    return total
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+                    elif line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return pss, rss
 
 
 class Monitor:
@@ -118,7 +130,8 @@ class Monitor:
 
     def __init__(self, pid: int, store: Path) -> None:
         self.pid, self.store = pid, store
-        self.peak = 0
+        self.peak_pss = 0
+        self.peak_rss = 0
         self.loads: list[float] = []
         self.first_attack: float | None = None
         self.start = time.monotonic()
@@ -140,7 +153,8 @@ class Monitor:
     def _run(self) -> None:
         tick = 0
         while not self._stop.wait(0.2):
-            self.peak = max(self.peak, tree_rss(self.pid))
+            pss, rss = tree_memory(self.pid)
+            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
             tick += 1
             if tick % 10 == 0:
                 self.loads.append(os.getloadavg()[0])
@@ -175,7 +189,8 @@ def test_folder_grid(benchmark: Any, tmp_path: Path, images: int, limit: int) ->
         _, stderr = proc.communicate()
         monitor.stop()
         assert proc.returncode == 0, stderr[-3000:]
-        outcome.update(peak_rss_mb=round(monitor.peak / 2**20),
+        outcome.update(peak_pss_mb=round(monitor.peak_pss / 2**20),
+                       peak_rss_sum_mb=round(monitor.peak_rss / 2**20),
                        first_attack_s=round(monitor.first_attack or float("nan"), 1),
                        wall_s=round(time.monotonic() - start, 1),
                        load_mean=round(float(np.mean(monitor.loads or [0])), 2),

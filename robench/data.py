@@ -45,11 +45,12 @@ from robench.specs import Preprocess, TensorSplit
 SUBSET_SEED = 0
 #: loader worker processes used to decode a lazy split, at most
 MAX_LOADER_WORKERS = 4
-#: an evaluation batch holds at most this many input values: 256 images of 3x64x64, so
-#: ``eval_batch_size`` (256) is used as it is up to 64 px, and ImageNet's 224 px images go
-#: 20 at a time.  A batch's activations (kept for the input gradient) grow with its pixels:
-#: 256 images at 224 px would need ~6 GB for a ResNet-18's backward
-BATCH_PIXEL_BUDGET = 256 * 3 * 64 * 64
+#: an evaluation batch holds at most this many input values: 256 images of 3x45x45, so
+#: ``eval_batch_size`` (256) is used as it is up to 45 px (digits, MNIST, CIFAR at 32 px),
+#: and ImageNet's 224 px images go 10 at a time.  A batch's activations (kept for the input
+#: gradient) grow with its pixels: 256 images at 224 px would need ~10 GB for a
+#: ResNet-18's backward, 10 of them ~0.5 GB
+BATCH_PIXEL_BUDGET = 256 * 3 * 45 * 45
 
 
 # --------------------------------------------------------------------------- lazy splits
