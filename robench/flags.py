@@ -26,11 +26,18 @@ number; it tells the reader where to look.  Codes (docs/protocol.md explains eac
 ``mismatch-unchecked``           an attack result resumed from a store written before robench
                                  counted verification mismatches: its counts read 0 without
                                  having been checked (raised in ``robench.tabulate``)
+``training-failed``              a trained model whose final training accuracy (or a defense's
+                                 ``*train_acc`` metric) is near chance, whose training loss
+                                 ended non-finite, or whose source clean accuracy collapsed to
+                                 near chance although training ended above it: every row of
+                                 the model (raised in ``robench.tabulate``, from the store)
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -38,6 +45,9 @@ import pandas as pd
 #: every flag code, in the order the docstring above explains them (the one list of them)
 FLAG_CODES: tuple[str, ...] = tuple(re.findall(r"^``([a-z0-9-]+)``", __doc__ or "", re.M))
 
+#: accuracy at or below this many times chance (1 / num_classes) is near chance (the
+#: leaderboard's floor, ``robench.leaderboard.CHANCE_FACTOR``, is the same)
+CHANCE_FACTOR = 1.5
 #: robust accuracy margin (fraction) for comparisons between attacks
 MARGIN = 0.002
 #: count column -> the flag a nonzero count raises on its row
@@ -120,6 +130,48 @@ def add_flags(
         if not classes:
             continue
         rows = (frame["model"] == model) & (frame["domain"] == domain) & (
-            frame["clean_acc"] <= 1.5 / classes)
+            frame["clean_acc"] <= CHANCE_FACTOR / classes)
         append_flag(frame, rows, "near-chance")
     return frame
+
+
+def training_accuracies(trained: Mapping[str, Any]) -> dict[str, float]:
+    """The final training accuracies a training task stored: ``train_acc`` (over the last
+    epoch, on the batches the loss trained on: adversarial ones under a training defense)
+    and every ``*train_acc`` metric of the adaptor or defense (``adv_train_acc``,
+    ``clean_train_acc``); finite values only."""
+    values = {"train_acc": trained.get("train_acc")}
+    metrics = trained.get("metrics")
+    if isinstance(metrics, Mapping):
+        values.update({str(k): v for k, v in metrics.items() if str(k).endswith("train_acc")})
+    out = {}
+    for name, value in values.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out[name] = number
+    return out
+
+
+def training_failed(trained: Mapping[str, Any], num_classes: int | None,
+                    source_clean_acc: float | None) -> bool:
+    """Whether a training run failed (flag ``training-failed``): a final training accuracy at
+    or below :data:`CHANCE_FACTOR` / ``num_classes``, a non-finite final training loss, or a
+    source clean accuracy at or below that floor although every training accuracy ended
+    above it (the model collapsed).  ``trained`` is the training task's payload; a payload
+    without training accuracies (a loaded complete model, zero epochs) never fails."""
+    accuracies = training_accuracies(trained)
+    if not accuracies:
+        return False
+    loss = trained.get("final_loss")
+    if isinstance(loss, (int, float)) and not math.isfinite(loss):
+        return True
+    if not num_classes:
+        return False
+    floor = CHANCE_FACTOR / num_classes + 1e-12
+    if min(accuracies.values()) <= floor:
+        return True
+    return source_clean_acc is not None and math.isfinite(source_clean_acc) \
+        and source_clean_acc <= floor

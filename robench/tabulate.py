@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from robench.config import GridConfig
-from robench.flags import add_flags, append_flag
+from robench.flags import add_flags, append_flag, training_failed
 from robench.planning import AttackPlan, ModelPlan, attack_key, clean_key, domains
 from robench.results import coerce_results
 from robench.store import Store, unpack_mask
@@ -129,9 +129,39 @@ def tabulate(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
         append_flag(frame, frame["status"] == "incomplete", "worst-case-incomplete")
     if "_unchecked" in frame:
         append_flag(frame, frame["_unchecked"].fillna(False).astype(bool), "mismatch-unchecked")
+    if not frame.empty:
+        failed = _failed_trainings(cfg, store, plans, train_keys, model_keys, threads)
+        append_flag(frame, frame["model"].isin(failed), "training-failed")
     frame = frame.drop(columns=[c for c in ("black_box", "targeted", "_unchecked")
                                 if c in frame])
     return Tabulated(results=frame, diagnostics=diagnostics)
+
+
+def _failed_trainings(config: GridConfig, store: Store, plans: Sequence[ModelPlan],
+                      train_keys: Mapping[str, str], model_keys: Mapping[str, str],
+                      threads: int) -> set[str]:
+    """The models whose training failed (:func:`robench.flags.training_failed`), decided once
+    per training task and given to every model it made: the collapse check reads the source
+    clean pass of the model as trained (an inference defense around it does not count), or,
+    when the grid evaluates it only behind one, the training accuracies alone."""
+    by_training: dict[str, list[ModelPlan]] = {}
+    for plan in plans:
+        if not plan.complete:
+            by_training.setdefault(train_keys[plan.name], []).append(plan)
+    failed: set[str] = set()
+    for key, group in by_training.items():
+        if store.status(key) != "ok":
+            continue
+        cleans = {plan.name: store.get(clean_key(config, model_keys[plan.name], "source",
+                                                 config.dataset, threads)) or {}
+                  for plan in group}
+        classes = next((c["num_classes"] for c in cleans.values() if c.get("num_classes")),
+                       None)
+        as_trained = [cleans[p.name] for p in group if model_keys[p.name] == key]
+        clean_acc = as_trained[0].get("clean_acc") if as_trained else None
+        if training_failed(store.get(key) or {}, classes, clean_acc):
+            failed.update(plan.name for plan in group)
+    return failed
 
 
 @dataclass

@@ -132,3 +132,65 @@ def test_the_validated_plan_of_an_l2_apgd_is_l2(tmp_path):
     assert members == ["autoattack-fast/apgd-ce", "autoattack-fast/apgd-t"]
     assert valid.attacks["autoattack-fast/apgd-t"].prior == "autoattack-fast/apgd-ce"
     assert valid.attacks["autoattack-fast/apgd-t"].params["n_target_classes"] == 5
+
+
+# --------------------------------------------------------------------------- training-failed
+
+
+def _train(store, key, **payload):
+    store.put(key, kind="train", label="train", status="ok", payload={"params": 5, **payload})
+
+
+def _clean(config, store, key, clean_acc):
+    correct = np.zeros(N, dtype=bool)
+    correct[: round(clean_acc * N)] = True
+    store.put(clean_key(config, key, "source", "digits"), kind="clean", label="clean",
+              status="ok", payload={"n": N, "clean_acc": clean_acc,
+                                    "correct": pack_mask(correct), "diagnostics": {},
+                                    "num_classes": 10})
+
+
+def _training_flagged(config, plan, key, store) -> list[bool]:
+    attacks = [_plan("fgsm"), _plan("pgd")]
+    _put_attack(config, store, key, attacks[0], [1, 1, 1, 1, 1, 0, 0, 0])
+    _put_attack(config, store, key, attacks[1], [1, 1, 1, 1, 0, 0, 0, 0])
+    rows = _table(config, plan, key, store, attacks)
+    assert len(rows) == 3  # two attacks and the worst case
+    return ["training-failed" in str(f).split(";") for f in rows["flags"]]
+
+
+@pytest.mark.parametrize("payload, clean_acc, flagged", [
+    ({"train_acc": 0.9}, 0.75, False),  # trained and evaluated well above chance
+    ({"train_acc": 0.14}, 0.75, True),  # final training accuracy at 1.5 / 10 or below
+    ({"train_acc": 0.16}, 0.75, False),  # just above the floor
+    ({"train_acc": 0.9, "metrics": {"adv_train_acc": 0.1, "final_eps": 0.3}}, 0.75, True),
+    ({"train_acc": 0.9, "metrics": {"domain_classifier_acc": 0.1}}, 0.75, False),
+    ({"train_acc": 0.9, "final_loss": float("nan")}, 0.75, True),  # diverged
+    ({"train_acc": 0.9}, 0.125, True),  # collapsed: training above chance, clean at it
+    ({}, 0.125, False),  # no training accuracy stored: near-chance says it, not this flag
+])
+def test_training_failed_flags_every_row_of_the_model(grid, payload, clean_acc, flagged):
+    config, plan, key, store = grid
+    _train(store, key, **payload)
+    _clean(config, store, key, clean_acc)
+    assert _training_flagged(config, plan, key, store) == [flagged] * 3
+
+
+def test_training_failed_reads_the_model_as_trained_not_behind_an_inference_defense(grid):
+    """A JPEG wrapper whose own clean accuracy drops to chance did not make training fail;
+    a training that did fail flags the defended model too."""
+    config, plan, key, store = grid
+    defended = ModelPlan(name=f"{plan.name}+jpeg", backbone=plan.backbone, head=plan.head,
+                         adaptor=plan.adaptor, defense="jpeg", defense_stage="inference")
+    attacks = {"fgsm": _plan("fgsm")}
+    for train_acc, expected in ((0.9, False), (0.05, True)):
+        _train(store, key, train_acc=train_acc)
+        _clean(config, store, key, 0.75)
+        _clean(config, store, "defended-key", 0.1)
+        _put_attack(config, store, key, attacks["fgsm"], [1, 1, 1, 1, 1, 0, 0, 0])
+        _put_attack(config, store, "defended-key", attacks["fgsm"], [1, 0, 0, 0, 0, 0, 0, 0])
+        rows = tabulate(config, store, [plan, defended], {plan.name: key, defended.name: key},
+                        {plan.name: key, defended.name: "defended-key"}, attacks, "cpu").results
+        flags = rows.groupby("model")["flags"].apply(
+            lambda f: {"training-failed" in str(v).split(";") for v in f})
+        assert flags.to_dict() == {plan.name: {expected}, defended.name: {expected}}
