@@ -101,6 +101,9 @@ def grid(
     limit: Annotated[str | None, typer.Option(help="evaluate a fixed subset of N samples")] = None,
     epochs: Annotated[str | None, typer.Option(help="training epochs")] = None,
     seed: Annotated[str | None, typer.Option(help="seed for everything")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="comma-separated seeds, e.g. 0,1,2: every model trained and evaluated per seed; "
+             "the leaderboard gives mean, std and worst seed")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (CUDA)")] = None,
     compile_backend: Annotated[str | None, typer.Option(
@@ -151,7 +154,8 @@ def grid(
             data, dataset=dataset, target=target, backbones=_names(backbones),
             heads=_names(heads), adaptors=_names(adaptors), models=_names(models),
             defenses=_names(defenses), attacks=_names(attacks),
-            eps=eps_table, limit=limit, epochs=epochs, seed=seed, device=device,
+            eps=eps_table, limit=limit, epochs=epochs, seed=seed, seeds=seeds,
+            device=device,
             precision=precision, compile=compile_backend,
             executor=executor, name=name, out=out_dir, fresh=True if fresh else None,
         )

@@ -116,7 +116,11 @@ class GridConfig:
     #: model of the grid, so adaptors are compared under one optimiser schedule
     lr_schedule: LrSchedule = "dann"
     weight_decay: Rate = 1e-4
+    #: the one-seed shorthand of ``seeds``; with ``seeds`` set, its first seed
     seed: Natural = 0
+    #: seeds as a grid axis: every model is trained and evaluated once per seed, each seed's
+    #: tasks keyed as a one-seed run of that seed; empty means ``[seed]``
+    seeds: list[int] = field(default_factory=list)
     device: Device = "auto"
     #: fp32, or autocast in bf16 / fp16 (fp16 on CUDA only) for training and attacks
     precision: Precision = "fp32"
@@ -148,6 +152,11 @@ class GridConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out) / self.name
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds the grid runs, in order: ``seeds``, or ``[seed]`` when it is empty."""
+        return list(self.seeds) or [self.seed]
 
     def plugin_params(self, kind: str, name: str) -> dict[str, Any]:
         table = {v: k for k, v in PARAM_TABLES.items()}[kind]
@@ -311,12 +320,39 @@ def _scalar(key: str, value: Any) -> Any:
     return check_value(_annotations()[key], value, subject=f"Config key {key!r}", coerce=True)
 
 
+def _seeds(value: Any) -> list[int]:
+    """``seeds``: a list of integers >= 0, or the command line's ``"0,1,2"``; empty is the
+    default (``[seed]``)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, (int, float)) and not isinstance(items, bool):
+        items = [items]
+    if not isinstance(items, Sequence) or isinstance(items, str):
+        raise UsageError(f"Config key 'seeds' must be a list of integers >= 0 such as "
+                         f"[0, 1, 2] (--seeds 0,1,2), got {value!r}.")
+    items = [i.strip() if isinstance(i, str) else i for i in items]
+    # an empty list is the default: one seed, ``seed``
+    seeds = [check_value(_annotations()["seed"], i, subject="Config key 'seeds'", coerce=True)
+             for i in items if i != ""]
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"Config key 'seeds' lists a seed twice: {seeds}.")
+    return seeds
+
+
+def _one_seed_source(data: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """``seed`` is the one-seed shorthand of ``seeds``: a flag (override) for one of them
+    replaces the config's other one; given together at one level, they must agree."""
+    given = {k for k in ("seed", "seeds") if overrides.get(k) is not None}
+    if len(given) == 1:
+        data.pop(({"seed", "seeds"} - given).pop(), None)
+
+
 def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> GridConfig:
     """Validate a config mapping (from TOML) plus flag overrides into a GridConfig.
 
     ``overrides`` with value ``None`` are ignored, so CLI flags left out keep the file's value.
     """
     merged: dict[str, Any] = dict(data or {})
+    _one_seed_source(merged, overrides)
     config = GridConfig()
     executor_table = merged.get("executor")
     if isinstance(executor_table, Mapping):
@@ -388,6 +424,8 @@ def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> Gri
             config.eps = eps
         elif key in _SCALAR_KEYS:
             setattr(config, key, _scalar(key, value))
+        elif key == "seeds":
+            config.seeds = _seeds(value)
         elif key == "compile":
             config.compile = check_compile(value)
         elif key == "target":
@@ -395,6 +433,12 @@ def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> Gri
             config.target = None if target in ("", "none", None) else target
         else:  # pragma: no cover - every field is one of the kinds above
             raise AssertionError(f"config key {key!r} has no check")
+    if config.seeds:
+        if "seed" in merged and config.seed != config.seeds[0]:
+            raise UsageError(
+                f"Config keys 'seed' ({config.seed}) and 'seeds' ({config.seeds}) disagree: "
+                f"seed is the one-seed shorthand of seeds (seeds = [seed]); give one of them.")
+        config.seed = config.seeds[0]
     if config.target == config.dataset:
         raise UsageError(
             f"target {config.target!r} is the same as dataset; give another domain or none."

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,10 +122,16 @@ class Grid:
         self.failures: list[str] = []
         #: the models, and per model name the key of the task that makes its weights and
         #: the key of the evaluated model (they differ under an inference defense); known
-        #: once the grid is validated (a defense's stage comes from its plugin)
+        #: once the grid is validated (a defense's stage comes from its plugin).
+        #: ``train_keys`` and ``model_keys`` are the first seed's; ``seed_keys`` maps every
+        #: seed to its own pair (each seed's tasks keyed as a one-seed run of that seed)
         self.plans: list[ModelPlan] = []
         self.train_keys: dict[str, str] = {}
         self.model_keys: dict[str, str] = {}
+        self.seed_keys: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
+        #: per seed, the config its tasks run with: the grid's, with ``seed`` set to it
+        self.seed_configs: dict[int, GridConfig] = {
+            s: replace(config, seed=s, seeds=[]) for s in config.seed_list}
         self.valid: ValidGrid | None = None
         self.store: Store | None = None
         self.started = ""
@@ -143,9 +149,24 @@ class Grid:
         #: torch threads per task: 1 unless asked (the numbers depend on it)
         self.threads = task_threads(self.executor)
         self.plans = model_plans(cfg, self.valid.stages, fingerprints(self.context.host))
-        self.train_keys = {p.name: train_key(cfg, p, self.threads) for p in self.plans}
-        self.model_keys = {p.name: model_key(cfg, p, self.threads) for p in self.plans}
+        self.seed_keys = {
+            seed: ({p.name: train_key(c, p, self.threads) for p in self.plans},
+                   {p.name: model_key(c, p, self.threads) for p in self.plans})
+            for seed, c in self.seed_configs.items()}
+        self.train_keys, self.model_keys = self.seed_keys[cfg.seed_list[0]]
         return self.valid
+
+    def units(self) -> list[tuple[ModelPlan, int]]:
+        """Every model of the grid at every seed, seed by seed (the first seed's models
+        first, so a grid that grows a seed keeps its order)."""
+        return [(plan, seed) for seed in self.seed_configs for plan in self.plans]
+
+    def _seed_label(self, seed: int, inside: str = "") -> str:
+        """`` [source, seed 1]`` in a job's label when the grid has several seeds; the label
+        of a one-seed grid is as it always was (`` [source]``, or nothing for training)."""
+        parts = [p for p in (inside, f"seed {seed}" if len(self.seed_configs) > 1 else "")
+                 if p]
+        return f" [{', '.join(parts)}]" if parts else ""
 
     @property
     def device(self) -> str:
@@ -153,39 +174,44 @@ class Grid:
 
     # ------------------------------------------------------------------ jobs
 
-    def jobs(self) -> tuple[dict[str, Job], dict[str, list[Job]]]:
-        """Each model's training job, and the clean and attack jobs that follow it."""
-        cfg, valid = self.config, self.valid
+    def jobs(self) -> tuple[dict[tuple[str, int], Job], dict[tuple[str, int], list[Job]]]:
+        """Per model and seed, its training job and the clean and attack jobs that follow
+        it.  A seed's jobs are those of a one-seed grid of that seed: same keys."""
+        valid = self.valid
         assert valid is not None, "validate() first"
-        config_dict = asdict(cfg)
         run_dir = str(self.run_dir)
         resources = {"gpus": 1} if valid.device.startswith("cuda") else {}
-        train: dict[str, Job] = {}
-        evaluations: dict[str, list[Job]] = {}
+        train: dict[tuple[str, int], Job] = {}
+        evaluations: dict[tuple[str, int], list[Job]] = {}
         # plugins registered as Python objects exist only in this process: its tasks too
         portable = self.context.recipe.portable
-        for plan in self.plans:
-            key = self.train_keys[plan.name]
-            evaluated = self.model_keys[plan.name]
+        for plan, seed in self.units():
+            cfg = self.seed_configs[seed]
+            config_dict = asdict(cfg)
+            unit = (plan.name, seed)
+            key = self.seed_keys[seed][0][plan.name]
+            evaluated = self.seed_keys[seed][1][plan.name]
             base = {"context": self.context, "run_dir": run_dir, "config": config_dict,
                     "plan": asdict(plan)}
-            if plan.complete:
-                train[plan.name] = Job(
+            if plan.complete:  # loading does not depend on the seed: one task for all
+                train[unit] = Job(
                     key=key, task="load", label=f"load {plan.name}", fn=load_task,
                     resources=resources, produces=model_files(key)[1:], portable=portable,
                     kwargs={**base, "key": key, "device": valid.device})
             else:
-                train[plan.name] = Job(
-                    key=key, task="train", label=f"train {plan.name}", fn=train_task,
+                train[unit] = Job(
+                    key=key, task="train", label=f"train {plan.name}{self._seed_label(seed)}",
+                    fn=train_task,
                     resources=resources, produces=model_files(key), portable=portable,
                     kwargs={**base, "key": key, "device": valid.device})
             needs = model_files(key)[1:] if plan.complete else model_files(key)
-            jobs = evaluations[plan.name] = []
+            jobs = evaluations[unit] = []
             for domain, dataset in domains(cfg):
                 common = {**base, "model_key": key, "dataset": dataset, "device": valid.device}
                 ckey = clean_key(cfg, evaluated, domain, dataset, self.threads)
                 jobs.append(Job(
-                    key=ckey, task="clean", label=f"clean {plan.name} [{domain}]",
+                    key=ckey, task="clean",
+                    label=f"clean {plan.name}{self._seed_label(seed, domain)}",
                     fn=clean_task, resources=resources, after=(key,), needs=needs,
                     portable=portable,
                     produces=(_relative(examples_mod.task_file("", ckey)),)
@@ -199,7 +225,8 @@ class Grid:
                     # a preset's member runs on what the member before it left robust
                     prior = keys[attack.prior] if attack.prior else ""
                     jobs.append(Job(
-                        key=akey, task="attack", label=f"{name} on {plan.name} [{domain}]",
+                        key=akey, task="attack",
+                        label=f"{name} on {plan.name}{self._seed_label(seed, domain)}",
                         fn=attack_task, resources=resources,
                         after=(key, prior) if prior else (key,),
                         needs=needs + ((_relative(masks_file("", prior)),) if prior else ()),
@@ -227,8 +254,8 @@ class Grid:
             unique = {j.key: j for j in jobs}
             return [j for j in unique.values() if self.store.status(j.key) != "ok"]
 
-        every = {j.key for plan in self.plans
-                 for j in [train[plan.name], *evaluations[plan.name]]}
+        units = [(plan.name, seed) for plan, seed in self.units()]
+        every = {j.key for unit in units for j in [train[unit], *evaluations[unit]]}
         self.reused = sum(self.store.status(k) == "ok" for k in every)
         if self.reused and self.progress and self.console is not None:
             self.console.print(
@@ -241,14 +268,12 @@ class Grid:
             # one call: each model's evaluations follow its training, and start as soon
             # as it succeeds (on a cluster, while other models still train)
             self._execute(executor, pending(
-                job for plan in self.plans
-                for job in [train[plan.name], *evaluations[plan.name]]), "grid")
+                job for unit in units for job in [train[unit], *evaluations[unit]]), "grid")
         else:  # an executor that ignores Job.after: training first, then evaluation
             self._execute(executor, pending(train.values()), "training")
             self._execute(executor, pending(
-                job for plan in self.plans
-                if self.store.status(self.train_keys[plan.name]) == "ok"
-                for job in evaluations[plan.name]), "evaluation")
+                job for unit in units if self.store.status(train[unit].key) == "ok"
+                for job in evaluations[unit]), "evaluation")
         results = self.results()
         self.write_outputs(results)
         return results
@@ -288,12 +313,19 @@ class Grid:
 
     def results(self) -> pd.DataFrame:
         """The results table, derived from the store alone."""
+        import pandas as pd
+
         from robench.tabulate import tabulate
 
-        table = tabulate(self.config, self.store, self.plans, self.train_keys,
-                         self.model_keys, self.valid.attacks, self.device, self.threads)
-        self.diagnostics = table.diagnostics
-        return table.results
+        # one table per seed, flagged on its own (a flag compares rows of one trained model)
+        tables = [tabulate(cfg, self.store, self.plans, *self.seed_keys[seed],
+                           self.valid.attacks, self.device, self.threads)
+                  for seed, cfg in self.seed_configs.items()]
+        #: the first seed's diagnostics
+        self.diagnostics = tables[0].diagnostics
+        if len(tables) == 1:
+            return tables[0].results
+        return pd.concat([t.results for t in tables], ignore_index=True)
 
     def provenance(self) -> dict[str, Any]:
         import torch
@@ -309,7 +341,7 @@ class Grid:
             "device_name": torch.cuda.get_device_name(0) if self.device.startswith("cuda")
             else platform.processor() or platform.machine(),
             "threads_per_task": self.threads, "driver_threads": torch.get_num_threads(),
-            "seed": self.config.seed,
+            "seed": self.config.seed, "seeds": self.config.seed_list,
             "git_revision": git_revision(), "started": self.started,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "argv": sys.argv, "failures": self.failures, "host": platform.node(),
@@ -343,8 +375,9 @@ class Grid:
                       params=self.config.params.get("reporter", {}), host=self.host)
 
     def write_examples(self) -> None:
-        """``examples/<model>__<domain>.npz`` for the reports, from the tasks' own files."""
-        cfg, valid = self.config, self.valid
+        """``examples/<model>__<domain>.npz`` for the reports, from the tasks' own files (of
+        the first seed, when the grid has several)."""
+        cfg, valid = self.seed_configs[self.config.seed_list[0]], self.valid
         assert valid is not None and self.store is not None
         order = sorted(valid.attacks, key=lambda name: _example_rank(valid.attacks[name]))
         for plan in self.plans:

@@ -57,6 +57,8 @@ Z95 = 1.959963984540054
 
 #: columns identifying one leaderboard row; ``run`` keeps merged submissions apart
 GROUP_KEYS: list[str] = ["run", "model", "dataset", "domain"]
+#: one seed's entry: the leaderboard is computed per seed, then averaged over the seeds
+SEED_KEYS: list[str] = [*GROUP_KEYS, "seed"]
 
 #: the clean-accuracy floor, as a multiple of chance (1 / num_classes): at or below it a model
 #: is ``near-chance`` (the harness's flag of the same name uses the same factor)
@@ -259,19 +261,32 @@ def robust_curves(results: pd.DataFrame) -> pd.DataFrame:
     ``min-over-attacks``: the lowest robust accuracy of any attack at that eps).  Worst-case
     rows win whenever a row has them for the threat, because they are per-sample and so at
     most the minimum over attacks.
+    With several seeds, ``robust_acc`` is the mean over the seeds of each seed's curve.
     """
-    return _robust_curves(coerce_results(results))
+    curves = _robust_curves(coerce_results(results), SEED_KEYS)
+    curves = _mean_over_seeds(curves, ["threat", "eps", "eps_label", "source"])
+    return curves[[*GROUP_KEYS, "threat", "eps", "eps_label", "robust_acc", "source"]]
 
 
-def _robust_curves(results: pd.DataFrame) -> pd.DataFrame:
+def _mean_over_seeds(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """``frame`` (with :data:`SEED_KEYS` and ``by``) with ``robust_acc`` averaged over seeds."""
+    columns = [*GROUP_KEYS, *by, "robust_acc"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    out = frame.groupby([*GROUP_KEYS, *by], sort=False, dropna=False)["robust_acc"].mean()
+    return out.reset_index()[columns]
+
+
+def _robust_curves(results: pd.DataFrame, group: Sequence[str] = tuple(GROUP_KEYS)
+                   ) -> pd.DataFrame:
     rows = _attack_rows(results).copy()
-    columns = [*GROUP_KEYS, "threat", "eps", "eps_label", "robust_acc", "source"]
+    columns = [*group, "threat", "eps", "eps_label", "robust_acc", "source"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     labels = eps_labels(results)
     rows["eps"] = rows["eps"].map(eps_key)
     rows["worst"] = _is_worst(rows)
-    keys = [*GROUP_KEYS, "threat"]
+    keys = [*group, "threat"]
     has_worst = rows.groupby(keys, sort=False)["worst"].transform("any")
     use = rows[rows["worst"] == has_worst].copy()
     use["source"] = np.where(use["worst"], _WORST, "min-over-attacks")
@@ -286,7 +301,8 @@ def attack_matrix(results: pd.DataFrame) -> pd.DataFrame:
     """Robust accuracy per leaderboard row and attack, each at its threat's main eps.
 
     Long form with the :data:`GROUP_KEYS`, ``attack``, ``threat``, ``eps``, ``eps_label`` and
-    ``robust_acc``: the data of the HTML report's model x attack heatmap.
+    ``robust_acc``: the data of the HTML report's model x attack heatmap (with several seeds,
+    the mean over the seeds).
     """
     results = coerce_results(results)
     rows = _attack_rows(results)
@@ -295,8 +311,8 @@ def attack_matrix(results: pd.DataFrame) -> pd.DataFrame:
     parts = []
     for threat, (eps, label) in mains.items():
         at = rows[(rows["threat"] == threat) & (rows["eps"].map(eps_key) == eps)]
-        at = at.groupby([*GROUP_KEYS, "attack", "threat"], sort=False)["robust_acc"].min()
-        at = at.reset_index()
+        at = at.groupby([*SEED_KEYS, "attack", "threat"], sort=False)["robust_acc"].min()
+        at = _mean_over_seeds(at.reset_index(), ["attack", "threat"])
         at["eps"], at["eps_label"] = eps, label
         parts.append(at)
     if not parts:
@@ -326,7 +342,7 @@ def _joined(values: pd.Series) -> str:
 
 
 def _base_rows(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per leaderboard entry with the plain aggregates (no robustness yet).
+    """One row per leaderboard entry and seed with the plain aggregates (no robustness yet).
 
     Cost totals count attack rows only: worst-case rows summarise attacks already counted.
     The clean accuracy prefers rows that ran (every row of an entry carries it).
@@ -345,7 +361,7 @@ def _base_rows(results: pd.DataFrame) -> pd.DataFrame:
         frame[column] = frame[column].astype("string").fillna("").str.strip()
     for column in ("backbone", "head", "adaptor"):
         frame[column] = frame[column].replace("", pd.NA)
-    grouped = frame.groupby(GROUP_KEYS, sort=False, dropna=False)
+    grouped = frame.groupby(SEED_KEYS, sort=False, dropna=False)
     spec: dict[str, tuple[str, Any]] = {
         "backbone": ("backbone", "first"),
         "head": ("head", "first"),
@@ -367,6 +383,7 @@ def _base_rows(results: pd.DataFrame) -> pd.DataFrame:
            if "perceptual_alignment" in frame else {}),
         "device": ("device", _joined),
     }
+    spec.pop("seed")  # a group key
     for column in optional:
         spec[column] = (column, _joined)
     if "num_classes" in frame:
@@ -395,9 +412,10 @@ def _near_chance(board: pd.DataFrame) -> pd.Series:
 
 
 def _headline_status(results: pd.DataFrame, headline: Headline) -> dict[tuple[Any, ...], str]:
-    """Per leaderboard row, how trustworthy its headline is: ``ok``, ``invalid`` (a combined
-    row failed verification), ``incomplete`` (an attack of the threat failed, so fewer
-    attacks were combined) or ``failed``; the worst status at the headline threat and eps."""
+    """Per leaderboard row and seed, how trustworthy its headline is: ``ok``, ``invalid``
+    (a combined row failed verification), ``incomplete`` (an attack of the threat failed, so
+    fewer attacks were combined) or ``failed``; the worst status at the headline threat and
+    eps."""
     if headline.threat == "none":
         return {}
     rows = results[(results["threat"] == headline.threat)
@@ -409,8 +427,8 @@ def _headline_status(results: pd.DataFrame, headline: Headline) -> dict[tuple[An
     # a failed attack leaves the worst case (or the minimum) over the remaining attacks
     status = status.where(worst | (status != "failed"), "incomplete")
     severity = status.map(lambda s: _STATUS_SEVERITY.get(s, 1))
-    frame = rows[GROUP_KEYS].assign(_status=status, _severity=severity)
-    top = frame.sort_values("_severity", kind="stable").groupby(GROUP_KEYS, sort=False).last()
+    frame = rows[SEED_KEYS].assign(_status=status, _severity=severity)
+    top = frame.sort_values("_severity", kind="stable").groupby(SEED_KEYS, sort=False).last()
     return {key: value for key, value in zip(top.index, top["_status"], strict=True)}
 
 
@@ -449,9 +467,10 @@ def _rank_within_test_sets(board: pd.DataFrame) -> pd.DataFrame:
 
 
 def _add_comparisons(board: pd.DataFrame) -> pd.DataFrame:
-    """Domain gap (source minus target) and adaptation gain (model minus its ``none`` twin)."""
+    """Domain gap (source minus target) and adaptation gain (model minus its ``none`` twin),
+    of one seed's rows: paired by seed (and so by the samples, the same for every seed)."""
     values = ["clean_acc", "headline_acc"]
-    model_keys = ["run", "model"]
+    model_keys = ["run", "model", "seed"]
     source = board.loc[board["domain"] == "source", model_keys + values]
     target = board.loc[board["domain"] == "target", model_keys + values]
     pairs = source.drop_duplicates(model_keys).merge(target.drop_duplicates(model_keys),
@@ -461,7 +480,7 @@ def _add_comparisons(board: pd.DataFrame) -> pd.DataFrame:
     board = board.merge(pairs[model_keys + ["gap_clean", "gap_robust"]], on=model_keys,
                         how="left")
 
-    twin_keys = ["run", "dataset", "domain", "backbone", "head"]
+    twin_keys = ["run", "seed", "dataset", "domain", "backbone", "head"]
     twin_keys += [c for c in OPTIONAL_COLUMNS if c in board]  # a defense has its own twin
     twins = (board.loc[board["adaptor"] == "none", twin_keys + values]
              .drop_duplicates(twin_keys)
@@ -473,8 +492,71 @@ def _add_comparisons(board: pd.DataFrame) -> pd.DataFrame:
     return board.drop(columns=["_twin_clean", "_twin_head"])
 
 
+#: per-seed columns the leaderboard averages over the seeds (besides robust[...] and auc[...])
+_MEAN_COLUMNS: tuple[str, ...] = ("clean_acc", "headline_acc", "gap_clean", "gap_robust",
+                                  "adapt_gain_clean", "adapt_gain_robust",
+                                  "perceptual_alignment")
+#: per-seed columns summed over the seeds: what the entry cost, and its mismatch counts
+_SUM_COLUMNS: tuple[str, ...] = ("train_seconds", "attack_seconds", "grad_evals", "queries",
+                                 "n_verify_mismatch", "n_precision_mismatch")
+
+
+def _over_seeds(per_seed: pd.DataFrame, results: pd.DataFrame,
+                means: Sequence[str]) -> pd.DataFrame:
+    """One row per :data:`GROUP_KEYS` entry from its seeds' rows: accuracies, gaps and gains
+    are means over the seeds (a seed without a value is left out of its mean), with the
+    sample standard deviation and the lowest seed of clean and headline accuracy and
+    ``n_seeds``; costs are sums; flags the union; near chance when any seed is; the headline
+    status the worst seed's; ``seed`` the seed, or the seeds joined by ``;``."""
+    board = per_seed.copy()
+    if "perceptual_alignment" in board:
+        board["perceptual_alignment"] = board["perceptual_alignment"].astype("float64")
+    agg: dict[str, tuple[str, Any]] = {}
+    for column in board.columns:
+        if column in GROUP_KEYS:
+            continue
+        if column in _MEAN_COLUMNS or column in means:
+            agg[column] = (column, "mean")
+        elif column in _SUM_COLUMNS:
+            agg[column] = (column, lambda v: v.sum(min_count=1))
+        elif column == "flags":
+            agg[column] = (column, _union_flags)
+        elif column == "near_chance":
+            agg[column] = (column, "any")
+        elif column == "headline_status":
+            agg[column] = (column, lambda v: max(v, key=lambda s: _STATUS_SEVERITY.get(s, 1))
+                           if len(v) else "")
+        elif column == "seed":
+            agg[column] = (column, lambda v: ";".join(str(x) for x in v))
+        elif column in ("n", "params"):
+            agg[column] = (column, "max")
+        elif column == "device":
+            agg[column] = (column, _joined)
+        elif column != "status":
+            agg[column] = (column, "first")
+    grouped = board.groupby(GROUP_KEYS, sort=False, dropna=False)
+    out = grouped.agg(
+        **agg,
+        n_seeds=("seed", "nunique"),
+        clean_acc_std=("clean_acc", "std"),
+        clean_acc_worst=("clean_acc", "min"),
+        headline_acc_std=("headline_acc", "std"),
+        headline_acc_worst=("headline_acc", "min"),
+    ).reset_index()
+    # the status counts every row of every seed, as a one-seed board counts its rows
+    statuses = results.groupby(GROUP_KEYS, sort=False, dropna=False)["status"].agg(
+        _status_summary)
+    out["status"] = [statuses.get(key, "") for key in
+                     out[GROUP_KEYS].itertuples(index=False, name=None)]
+    if (out["n_seeds"] <= 1).all():  # every entry has one seed: the int column of before
+        out["seed"] = board.groupby(GROUP_KEYS, sort=False, dropna=False)["seed"].first(
+        ).to_numpy()
+    return out
+
+
 def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per model and test domain (and run, when merged), best first.
+    """One row per model and test domain (and run, when merged), best first; with several
+    seeds, one row per model configuration, ranked by the mean over its seeds.
 
     Columns, in order: ``rank`` (within the row's dataset x domain; near-chance models after
     all others), ``model``, ``backbone``, ``head``, ``adaptor``, ``defense`` and ``precision``
@@ -483,7 +565,10 @@ def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
     ``headline_ci_high``, ``headline_metric`` (what it is, e.g. ``worst-case robust accuracy,
     linf @ 8/255``), ``headline_source``, ``headline_status`` (``ok``, ``invalid``,
     ``incomplete`` or ``failed``: the worst status of the rows the headline comes from),
-    ``near_chance`` (at or below the clean-accuracy floor, ranked last); then
+    ``near_chance`` (at or below the clean-accuracy floor, ranked last), ``n_seeds``,
+    ``clean_acc_std``, ``clean_acc_worst``, ``headline_acc_std``, ``headline_acc_worst``
+    (the spread over the seeds: every row is a mean over its seeds, each seed computed as a
+    one-seed leaderboard would, then :func:`_over_seeds`); then
     ``robust[THREAT@EPS]`` for every threat and eps of the grid and ``auc[THREAT]`` per threat;
     ``gap_clean``/``gap_robust`` (source minus target of the same model);
     ``adapt_gain_clean``/``adapt_gain_robust`` (this row minus the same backbone+head with
@@ -502,7 +587,8 @@ def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
     fixed = ["rank", "model", "backbone", "head", "adaptor", *optional, "dataset", "domain",
              "n", "clean_acc", "clean_ci_low", "clean_ci_high", "headline_acc",
              "headline_ci_low", "headline_ci_high", "headline_metric", "headline_source",
-             "headline_status", "near_chance"]
+             "headline_status", "near_chance", "n_seeds", "clean_acc_std", "clean_acc_worst",
+             "headline_acc_std", "headline_acc_worst"]
     tail = ["gap_clean", "gap_robust", "adapt_gain_clean", "adapt_gain_robust",
             *(["perceptual_alignment"] if "perceptual_alignment" in results else []), "flags",
             "status", "params", "train_seconds", "attack_seconds", "grad_evals", "queries",
@@ -513,7 +599,7 @@ def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=fixed + tail)
 
     board = _base_rows(results)
-    curves = _robust_curves(results)
+    curves = _robust_curves(results, SEED_KEYS)
     robust_cols: list[str] = []
     auc_cols: list[str] = []
     if not curves.empty:
@@ -524,10 +610,10 @@ def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
                  .assign(_t=lambda f: f["threat"].map(threat_rank))
                  .sort_values(["_t", "eps"]))
         robust_cols = list(dict.fromkeys(order["column"]))
-        wide = curves.pivot_table(index=GROUP_KEYS, columns="column", values="robust_acc",
+        wide = curves.pivot_table(index=SEED_KEYS, columns="column", values="robust_acc",
                                   aggfunc="min", dropna=False)
-        board = board.merge(wide.reset_index(), on=GROUP_KEYS, how="left")
-        sources = curves.groupby([*GROUP_KEYS, "threat"])["source"].first()
+        board = board.merge(wide.reset_index(), on=SEED_KEYS, how="left")
+        sources = curves.groupby([*SEED_KEYS, "threat"])["source"].first()
         clean = board["clean_acc"].to_numpy(dtype=float)
         for threat in threat_rank:
             auc_cols.append(auc_column(threat))
@@ -540,7 +626,7 @@ def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
             ]
         board["headline_source"] = [
             sources.get((*k, headline.threat), "") for k in
-            zip(*(board[c] for c in GROUP_KEYS), strict=True)
+            zip(*(board[c] for c in SEED_KEYS), strict=True)
         ]
     else:
         board["headline_source"] = "clean"
@@ -556,14 +642,15 @@ def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
     board.loc[board["headline_acc"].isna(), "headline_source"] = ""
     statuses = _headline_status(results, headline)
     board["headline_status"] = [statuses.get(key, "") for key in
-                                board[GROUP_KEYS].itertuples(index=False, name=None)]
+                                board[SEED_KEYS].itertuples(index=False, name=None)]
+    board = _add_comparisons(board)
+    board = _over_seeds(board, results, means=[*robust_cols, *auc_cols])
     clean_ci = [wilson_interval(p, n) for p, n in zip(board["clean_acc"], board["n"],
                                                        strict=True)]
     head_ci = [wilson_interval(p, n) for p, n in zip(board["headline_acc"], board["n"],
                                                       strict=True)]
     board["clean_ci_low"], board["clean_ci_high"] = zip(*clean_ci, strict=True)
     board["headline_ci_low"], board["headline_ci_high"] = zip(*head_ci, strict=True)
-    board = _add_comparisons(board)
     board = _rank_within_test_sets(board)
     return board[fixed + robust_cols + auc_cols + tail]
 

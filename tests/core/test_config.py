@@ -85,3 +85,32 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         Grid(cfg).validate()
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def test_seeds_is_a_list_and_seed_its_one_seed_shorthand():
+    assert build_config({}).seed_list == [0]
+    assert build_config({"seed": 3}).seed_list == [3]
+    config = build_config({"seeds": [2, 0, 1]})
+    assert config.seeds == [2, 0, 1] and config.seed == 2 and config.seed_list == [2, 0, 1]
+    # the command line's string, and a flag replacing the file's other key
+    assert build_config({"seed": 4}, seeds="0, 1,2").seed_list == [0, 1, 2]
+    assert build_config({"seeds": [0, 1]}, seed="5").seed_list == [5]
+    # agreeing keys (a GridConfig written back as a mapping) are fine
+    assert build_config({"seed": 1, "seeds": [1, 2]}).seed_list == [1, 2]
+    assert build_config({"seed": 1, "seeds": []}).seed_list == [1]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"seeds": [0, 0]}, "lists a seed twice"),
+    ({"seeds": [-1]}, "'seeds' must be an integer >= 0, got -1"),
+    ({"seeds": "0,x"}, "'seeds' must be an integer >= 0, got 'x'"),
+    ({"seeds": [1.5]}, "'seeds' must be an integer >= 0"),
+    ({"seeds": {"a": 1}}, "must be a list of integers"),
+    ({"seed": 1, "seeds": [0, 1]}, "disagree: seed is the one-seed shorthand"),
+])
+def test_bad_seeds_are_refused_with_one_sentence(data, message):
+    with pytest.raises(UsageError, match=message):
+        build_config(data)

@@ -325,3 +325,52 @@ def test_report_context_is_built_in_one_place(tmp_path, build_results):
     bare = report_context(tmp_path / "folder", None, results=build_results(run="from-csv"))
     assert bare["name"] == "from-csv" and bare["provenance"] == {}
     assert report_context(tmp_path / "folder")["name"] == "folder"
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def _two_model_seeds(build_results, model_spec, decays):
+    """Per seed, two models: A decays by ``decays[seed][0]``, B by ``decays[seed][1]``."""
+    frames = []
+    for seed, (a, b) in decays.items():
+        models = (model_spec("digits-cnn", "linear", "none", {"source": 0.9}, {"source": a},
+                             name="A"),
+                  model_spec("digits-cnn", "mlp", "none", {"source": 0.9}, {"source": b},
+                             name="B"))
+        frames.append(build_results(models, domains=("source",), l2=False, seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_seeds_rank_by_the_mean_with_spread_and_worst_seed(build_results, model_spec):
+    """A wins seed 0 but loses on average: B ranks first; each entry carries n_seeds, the
+    standard deviation over seeds and its worst seed, all from the per-seed boards."""
+    results = _two_model_seeds(build_results, model_spec, {0: (0.3, 0.4), 1: (0.9, 0.35),
+                                                            2: (0.8, 0.3)})
+    seed0 = build_leaderboard(results[results.seed == 0]).set_index("model")
+    assert seed0.loc["A", "rank"] == 1
+    board = build_leaderboard(results).set_index("model")
+    assert len(board) == 2 and board.loc["B", "rank"] == 1 and board.loc["A", "rank"] == 2
+    singles = [build_leaderboard(results[results.seed == s]).set_index("model")
+               for s in (0, 1, 2)]
+    for model in ("A", "B"):
+        head = np.array([s.loc[model, "headline_acc"] for s in singles])
+        row = board.loc[model]
+        assert row["n_seeds"] == 3 and row["seed"] == "0;1;2"
+        assert row["headline_acc"] == pytest.approx(head.mean())
+        assert row["headline_acc_std"] == pytest.approx(head.std(ddof=1))
+        assert row["headline_acc_worst"] == pytest.approx(head.min())
+        assert row["clean_acc_std"] == pytest.approx(0.0)
+        assert row["auc[linf]"] == pytest.approx(
+            np.mean([s.loc[model, "auc[linf]"] for s in singles]))
+        # the interval is the Wilson interval of the mean over the n samples
+        low, high = wilson_interval(row["headline_acc"], row["n"])
+        assert (row["headline_ci_low"], row["headline_ci_high"]) == pytest.approx((low, high))
+        assert row["grad_evals"] == sum(s.loc[model, "grad_evals"] for s in singles)
+
+
+def test_one_seed_board_is_the_board_of_before_plus_n_seeds(results):
+    board = build_leaderboard(results)
+    assert (board["n_seeds"] == 1).all() and board["seed"].dtype.kind == "i"
+    assert board["headline_acc_std"].isna().all() and board["clean_acc_std"].isna().all()
+    assert np.allclose(board["headline_acc_worst"], board["headline_acc"], equal_nan=True)
