@@ -13,6 +13,7 @@ import numbers
 import shutil
 import tempfile
 import types
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -156,8 +157,24 @@ def evaluate(
         config["attack"] = {k: dict(v) for k, v in attack_params.items()}
     if dataset_params:
         config["data"] = {dataset_name: dict(dataset_params)}
+    from robench.classifiers import InputMismatchError
+
     try:
-        return run_grid(config, host=host)
+        try:
+            return run_grid(config, host=host)
+        except InputMismatchError as exc:
+            # a model of its own input on a dataset that can serve it (a 1x28x28 CNN on
+            # mnist): the dataset decides the input when the caller did not
+            if exc.takes is None or dataset_params or data is not None:
+                raise
+            chans, size = exc.takes
+            warnings.warn(
+                f"evaluate(): the model does not take {dataset_name!r}'s default images; "
+                f"evaluating on {dataset_name!r} served as {chans}x{size}x{size}, the input it "
+                f"takes (dataset_params={{'channels': {chans}, 'image_size': {size}}}).",
+                stacklevel=2)
+            config["data"] = {dataset_name: {"channels": chans, "image_size": size}}
+            return run_grid(config, host=host)
     finally:
         if out is None:
             shutil.rmtree(folder, ignore_errors=True)

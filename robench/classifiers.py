@@ -241,3 +241,67 @@ def describe(classifier: Classifier) -> dict[str, Any]:
         "parameters": count_parameters(classifier.module),
         "info": dict(classifier.info),
     }
+
+
+class InputMismatchError(UsageError):
+    """A complete model that cannot take the dataset's images; ``takes`` is an input
+    ``(channels, image_size)`` the model does take and the dataset can serve, if any."""
+
+    def __init__(self, message: str, takes: tuple[int, int] | None = None) -> None:
+        super().__init__(message)
+        self.takes = takes
+
+
+#: inputs tried when a model refuses the dataset's: MNIST's native 1x28x28 first
+CANDIDATE_INPUTS: tuple[tuple[int, int], ...] = ((1, 28), (1, 32), (3, 28), (3, 32))
+
+
+def _forward_fails(module: nn.Module, chans: int, size: int) -> str:
+    """Why ``module`` cannot classify two grey images of ``chans x size x size`` ("" when it
+    returns logits)."""
+    x = torch.full((2, chans, size, size), 0.5)
+    try:
+        with torch.no_grad():
+            out = module(x)
+    except Exception as exc:  # the model's own code: any error means "not this input"
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
+        return f"it returned {getattr(out, 'shape', type(out).__name__)}, not (N, classes)"
+    return ""
+
+
+def check_takes_input(fitted: nn.Module, classifier: Classifier, *, model_name: str,
+                      dataset: str, image_size: int, in_chans: int,
+                      servable: Any = None) -> None:
+    """Run the fitted model once on two grey images of the dataset's shape; a model that
+    cannot take them is refused before any work (:class:`InputMismatchError`), with one
+    sentence naming both shapes and how to change either.  ``servable(chans, size)`` says
+    whether the dataset can be served at another input; the first of
+    :data:`CANDIDATE_INPUTS` that the model takes and the dataset can serve is suggested."""
+    why = _forward_fails(fitted, in_chans, image_size)
+    if not why:
+        return
+    takes = None
+    for chans, size in CANDIDATE_INPUTS:
+        if (chans, size) == (in_chans, image_size) or servable is None or \
+                not servable(chans, size):
+            continue
+        if not _forward_fails(classifier.module, chans, size):
+            takes = (chans, size)
+            break
+    have = f"{in_chans}x{image_size}x{image_size}"
+    if takes is not None:
+        fix = (f"it takes {takes[0]}x{takes[1]}x{takes[1]}: serve the dataset so "
+               f"([data.{dataset}] channels = {takes[0]}, image_size = {takes[1]}; from Python "
+               f"dataset_params={{\"channels\": {takes[0]}, \"image_size\": {takes[1]}}}), or "
+               f"change the model's input layer to take {have}")
+    else:
+        fix = (f"give the model's table in_chans and image_size if it needs another input, "
+               f"and the dataset's channels and image_size to match (from Python "
+               f"dataset_params={{\"channels\": 1, \"image_size\": 28}}), or change the "
+               f"model's input layer to take {have}")
+    raise InputMismatchError(
+        f"Model {model_name!r} cannot take dataset {dataset!r}'s {have} images ({why}); "
+        f"{fix}.", takes=takes)

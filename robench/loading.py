@@ -54,11 +54,25 @@ def load_complete(host: PluginHost, plan: ModelPlan, *, num_classes: int,
     the dataset's order, normalisation inside); ``UsageError`` when it cannot fit."""
     from robench.classifiers import fit_to_dataset
 
-    classifier = host.build("model", plan.model, **plan.model_params)
+    classifier = build_classifier(host, plan, num_classes=num_classes, image_size=image_size,
+                                  in_chans=in_chans)
     module = fit_to_dataset(classifier, model_name=plan.model, dataset=dataset,
                             num_classes=num_classes, class_names=class_names,
                             image_size=image_size, in_chans=in_chans)
     return module, classifier
+
+
+def build_classifier(host: PluginHost, plan: ModelPlan, *, num_classes: int, image_size: int,
+                     in_chans: int) -> Any:
+    """The model plugin's classifier; a plugin that fits the dataset (``ModelSpec.
+    fits_dataset``: ``file:``, ``py:``) gets the dataset's classes, size and channels for
+    what the user's table leaves out."""
+    spec, _ = host.resolve("model", plan.model)
+    params = dict(plan.model_params)
+    if spec.fits_dataset:
+        params = {"num_classes": num_classes, "image_size": image_size, "in_chans": in_chans,
+                  **params}
+    return host.build("model", plan.model, **params)
 
 
 def preprocess_for(classifier: Any, bundle: Any, dataset_params: dict[str, Any]
@@ -81,17 +95,32 @@ def load_complete_on(host: PluginHost, plan: ModelPlan, bundle: Any, *, dataset:
                      ) -> tuple[torch.nn.Module, Any, dict[str, Any] | None, Any]:
     """A complete model fitted to ``bundle`` as the model sees it: ``(module, classifier,
     preprocess or None, the bundle decoded through that preprocessing)``."""
+    from robench.classifiers import check_takes_input, fit_to_dataset
     from robench.data import for_model
 
-    classifier = host.build("model", plan.model, **plan.model_params)
+    classifier = build_classifier(host, plan, num_classes=bundle.num_classes,
+                                  image_size=bundle.image_size, in_chans=bundle.in_chans)
     preprocess = preprocess_for(classifier, bundle, dataset_params)
     view = for_model(bundle, preprocess)
-    from robench.classifiers import fit_to_dataset
-
     module = fit_to_dataset(classifier, model_name=plan.model, dataset=dataset,
                             num_classes=view.num_classes,
                             class_names=[str(c) for c in view.class_names],
                             image_size=view.image_size, in_chans=view.in_chans)
+
+    def servable(chans: int, size: int) -> bool:
+        """Whether the dataset plugin takes ``channels`` and ``image_size`` parameters."""
+        from robench.host import check_params
+
+        spec, implied = host.resolve("dataset", dataset)
+        try:
+            check_params(spec, dataset, {**dataset_params, **implied, "channels": chans,
+                                         "image_size": size}, harness=list(implied))
+        except UsageError:
+            return False
+        return True
+
+    check_takes_input(module, classifier, model_name=plan.model, dataset=dataset,
+                      image_size=view.image_size, in_chans=view.in_chans, servable=servable)
     return module, classifier, preprocess, view
 
 

@@ -164,11 +164,15 @@ class ModelSpec(PluginSpec):
     ``factory(**params) -> Classifier`` (images in [0, 1] -> logits, with what it expects).
 
     ``source`` says in a few words what the factory loads and from where (for
-    ``robench plugins --kind model``).
+    ``robench plugins --kind model``).  ``fits_dataset``: the factory takes ``num_classes``,
+    ``image_size`` and ``in_chans``, and where the user's table leaves them out the harness
+    passes the dataset's (a user's own ``file:``/``py:`` model takes the data it is given;
+    a pretrained zoo model keeps the head and input it was trained with).
     """
 
     spec_kind: ClassVar[str] = "model"
     source: str = ""
+    fits_dataset: bool = False
 
 
 DEFENSE_STAGES: tuple[str, ...] = ("none", "training", "inference")

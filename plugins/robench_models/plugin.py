@@ -58,6 +58,7 @@ def robench_register_models() -> list[robench.ModelSpec]:
         ),
         robench.ModelSpec(
             name="file:*", factory=_lazy("file_classifier"), validate_name=_lazy("check_file_name"),
+            fits_dataset=True,
             source="local file: TorchScript, torch.export (.pt2), or safetensors/state dict "
                    "+ arch",
             description="file:PATH; params: arch ('timm:NAME' | 'py:pkg.mod:fn'), "
@@ -66,6 +67,7 @@ def robench_register_models() -> list[robench.ModelSpec]:
         ),
         robench.ModelSpec(
             name="py:*", factory=_lazy("py_classifier"), validate_name=_lazy("check_py_name"),
+            fits_dataset=True,
             source="a Python factory on sys.path returning nn.Module or robench.Classifier",
             description="py:package.module:callable; params: num_classes, image_size, "
                         "in_chans, mean, std, class_names, class_index, and the factory's own",
