@@ -374,11 +374,27 @@ class Grid:
                       reporters=self.config.reporters,
                       params=self.config.params.get("reporter", {}), host=self.host)
 
-    def write_examples(self) -> None:
+    def write_examples(self, results: pd.DataFrame | None = None) -> None:
         """``examples/<model>__<domain>.npz`` for the reports, from the tasks' own files (of
-        the first seed, when the grid has several)."""
+        the first seed, when the grid has several): the attack behind the headline at the
+        headline eps where it kept examples, else the first candidate of
+        :func:`robench.examples.example_choices` that did.  ``results`` is the run's table
+        (derived from the store when not given)."""
+        import pandas as pd
+
+        from robench.leaderboard import headline_attacks, main_eps, main_eps_by_threat
+
         cfg, valid = self.seed_configs[self.config.seed_list[0]], self.valid
         assert valid is not None and self.store is not None
+        if results is None:
+            results = self.results()
+        if "seed" in results:  # the examples are the first seed's: so is their headline
+            results = results[pd.to_numeric(results["seed"], errors="coerce") == cfg.seed]
+        ranking = headline_attacks(results)
+        mains = {threat: eps for threat, (eps, _label) in main_eps_by_threat(results).items()}
+        for attack in valid.attacks.values():  # a threat without rows (every task failed)
+            if attack.threat not in mains and any(e > 0 for e in cfg.eps_values(attack.threat)):
+                mains[attack.threat] = main_eps(attack.threat, cfg.eps_values(attack.threat))
         order = sorted(valid.attacks, key=lambda name: _example_rank(valid.attacks[name]))
         for plan in self.plans:
             if self.store.status(self.train_keys[plan.name]) != "ok":
@@ -387,14 +403,31 @@ class Grid:
             for domain, dataset in domains(cfg):
                 if self.store.status(clean_key(cfg, key, domain, dataset, self.threads)) != "ok":
                     continue
+                keys = {name: attack_key(cfg, attack, key, domain, dataset, self.threads)
+                        for name, attack in valid.attacks.items()}
+                candidates = []
+                for name in order:
+                    chain, member = [keys[name]], valid.attacks[name]
+                    while member.prior:  # a preset's member counts the members before it
+                        chain.append(keys[member.prior])
+                        member = valid.attacks[member.prior]
+                    candidates.append(examples_mod.AttackExamples(
+                        name=name, threat=valid.attacks[name].threat,
+                        eps=tuple(cfg.eps_values(valid.attacks[name].threat)),
+                        keys=tuple(chain)))
+                ranked = ranking.loc[(ranking["model"] == plan.name)
+                                     & (ranking["domain"] == domain)
+                                     & (ranking["dataset"] == dataset), "attack"]
+                choices = examples_mod.example_choices(candidates, ranked=list(ranked),
+                                                       main_eps=mains)
                 bundle = valid.bundles[dataset]
                 examples_mod.assemble(
                     self.run_dir, model=plan.name, domain=domain, dataset=dataset,
                     class_names=[str(c) for c in bundle.class_names] or
                     [str(i) for i in range(bundle.num_classes)],
                     class_images_key=clean_key(cfg, key, "source", cfg.dataset, self.threads),
-                    attack_keys=[attack_key(cfg, valid.attacks[name], key, domain, dataset,
-                                            self.threads) for name in order])
+                    choices=choices,
+                    headline=choices[0] if choices and choices[0].role == "headline" else None)
 
 
 def _relative(path: Path) -> str:
@@ -402,7 +435,9 @@ def _relative(path: Path) -> str:
 
 
 def _example_rank(attack: Any) -> int:
-    """White-box gradient attacks first: their examples are the instructive ones."""
+    """The order of the fallbacks when the headline attack kept no example (see
+    :meth:`Grid.write_examples`): white-box gradient attacks first, their examples are the
+    instructive ones; baselines (noise, corruptions) last."""
     if attack.threat in ("corruption", "none") or attack.name == "noise":
         return 2
     return 1 if attack.black_box else 0

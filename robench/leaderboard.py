@@ -320,6 +320,32 @@ def attack_matrix(results: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[columns]
 
 
+def headline_attacks(results: pd.DataFrame) -> pd.DataFrame:
+    """The attacks behind each leaderboard row's headline, strongest first.
+
+    Long form with the :data:`GROUP_KEYS`, ``attack``, ``threat``, ``eps``, ``eps_label``,
+    ``robust_acc`` and ``rank``: every attack of the headline threat at the headline eps
+    (the numbers of :func:`attack_matrix`), the one that fooled the most samples first
+    (``rank`` 1; ties keep the results' order).  Rank 1 is *the headline attack*: the
+    attack whose number is the headline when it is the minimum over attacks, and the
+    strongest member of the worst case otherwise (a preset's member counts the samples the
+    members before it fooled, as its rows do).  Worst-case rows and attacks without a
+    number (failed) are left out; a row whose attacks all failed has none.
+    """
+    results = coerce_results(results)
+    headline = choose_headline(results)
+    columns = [*GROUP_KEYS, "attack", "threat", "eps", "eps_label", "robust_acc", "rank"]
+    matrix = attack_matrix(results)
+    if headline.threat == "none" or matrix.empty:
+        return pd.DataFrame(columns=columns)
+    at = matrix[(matrix["threat"] == headline.threat) & (matrix["attack"] != _WORST)
+                & matrix["robust_acc"].notna()]
+    at = at.assign(_group=at.groupby(GROUP_KEYS, sort=False, dropna=False).ngroup())
+    at = at.sort_values(["_group", "robust_acc"], kind="stable")
+    at["rank"] = at.groupby("_group").cumcount() + 1
+    return at[columns].reset_index(drop=True)
+
+
 # --------------------------------------------------------------------------- the table
 
 

@@ -320,22 +320,43 @@ def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
         )
     if batch_used < start_batch:
         context.fitting_batch[fitting_key] = batch_used
-    chosen: dict[int, tuple[float, torch.Tensor]] = {}
-    for outcome in outcomes:
+    # what the report shows: per eps of the grid, a few examples adversarial at it (the
+    # grid picks the headline attack's eps after the run), with both predictions
+    from robench.evaluation import EPS_TOLERANCE, perturbation_norm
+    from robench.examples import EXAMPLES_PER_EPS, select_examples
+
+    eps_grid = np.asarray([float(o.eps) for o in outcomes], dtype=np.float64)
+    found: dict[int, int] = {}  # sample -> position of the eps whose run found its example
+    examples: dict[int, torch.Tensor] = {}
+    for k, outcome in enumerate(outcomes):
         for index, adv in outcome.adversarial.items():
-            if len(chosen) < EXAMPLES_PER_ATTACK and index not in chosen:
-                chosen[index] = (outcome.eps, adv)
-    if chosen:  # what the report shows: clean and adversarial images, both predictions
-        index = sorted(chosen)
-        adv = torch.stack([chosen[i][1] for i in index]).to(device)
+            if index in found:
+                continue
+            if plan.kind == "minimal":  # one run for every eps: the smallest ball holding it
+                norm = float(perturbation_norm(adv.to(x.device)[None] - x[[index]],
+                                               plan.threat)[0])
+                inside = [j for j, eps in enumerate(eps_grid)
+                          if norm <= eps + EPS_TOLERANCE * max(1.0, eps)]
+                if not inside:
+                    continue
+                found[index] = inside[0]
+            else:
+                found[index] = k
+            examples[index] = adv
+    chosen, adversarial_at = select_examples(
+        found, len(eps_grid), nested=plan.threat not in ("corruption", "none"),
+        per_eps=EXAMPLES_PER_EPS)
+    if chosen:
+        adv = torch.stack([examples[i] for i in chosen]).to(device)
         with torch.no_grad():
             pred_adv = model(adv).argmax(1)
         write_task_examples(
-            run_dir, key, attack=plan.name, threat=plan.threat,
-            eps=max(chosen[i][0] for i in index), images_clean=x[index], images_adv=adv,
-            labels=y[index], pred_clean=logits[index].argmax(1), pred_adv=pred_adv)
+            run_dir, key, attack=plan.name, threat=plan.threat, eps=eps_grid,
+            indices=np.asarray(chosen), found_eps=eps_grid[[found[i] for i in chosen]],
+            adversarial_at=adversarial_at, images_clean=x[chosen], images_adv=adv,
+            labels=y[chosen], pred_clean=logits[chosen].argmax(1), pred_adv=pred_adv)
     else:  # the file exists either way: executors ship it back as the task's product
-        write_task_examples(run_dir, key, attack=plan.name, threat=plan.threat)
+        write_task_examples(run_dir, key, attack=plan.name, threat=plan.threat, eps=eps_grid)
     if plan.preset:  # the next member starts from these
         from robench.io import atomic_write_bytes
 

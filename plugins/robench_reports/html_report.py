@@ -377,35 +377,71 @@ def _picture(image: np.ndarray, alt: str) -> dict[str, Any]:
             "alt": alt}
 
 
-def _eps_text(example: ExampleSet, labels: Mapping[tuple[str, float], str]) -> str:
-    return labels.get((example.threat, eps_key(example.eps)), format_eps(example.eps))
+def _eps_text(example: ExampleSet, labels: Mapping[tuple[str, float], str],
+              eps: float | None = None, threat: str | None = None) -> str:
+    eps = example.eps if eps is None else eps
+    threat = example.threat if threat is None else threat
+    return labels.get((threat, eps_key(eps)), format_eps(eps))
+
+
+def _strip_title(example: ExampleSet, labels: Mapping[tuple[str, float], str]
+                 ) -> tuple[str, str, str]:
+    """The strip's label (``apgd-t at 8/255``), its tag and the sentence saying why these
+    examples: the attack behind the headline, or a fallback and what it stands in for."""
+    eps_text = _eps_text(example, labels)
+    title = f"{example.attack} at {eps_text}"
+    if example.role == "headline":
+        return title, "headline attack", (
+            f"the attack behind the headline: of the attacks at {example.threat} {eps_text}, "
+            f"it fooled the most samples")
+    if example.role == "fallback":
+        if example.headline_attack and math.isfinite(example.headline_eps):
+            eps_text = _eps_text(example, labels, example.headline_eps,
+                                 example.headline_threat)
+            wanted = (f"the headline attack, {example.headline_attack} at {eps_text}, kept no "
+                      f"adversarial example")
+        else:
+            wanted = "no attack of the headline's threat has a number for this model"
+        return title, "fallback", f"shown because {wanted}"
+    return title, "", "an attack's examples (the file does not say how it was chosen)"
+
+
+def _per_255(value: float) -> str:
+    return f"{value * 255:.2g}/255"
 
 
 def _strip(example: ExampleSet, labels: Mapping[tuple[str, float], str],
            limit: int) -> dict[str, Any]:
     k = min(limit, example.images_clean.shape[0])
     clean, adv = example.images_clean[:k], example.images_adv[:k]
-    eps_text = _eps_text(example, labels)
-    view = perturbation_image(clean, adv, eps=example.eps, threat=example.threat,
-                              eps_label=eps_text)
+    view = perturbation_image(clean, adv)
     clean_cells, adv_cells, delta_cells = [], [], []
     for i in range(k):
         truth = example.class_name(example.labels[i])
         p_clean = example.class_name(example.pred_clean[i])
         p_adv = example.class_name(example.pred_adv[i])
+        notes = []
+        if len(example.example_attacks) > i and example.example_attacks[i] != example.attack:
+            notes.append(f"by {example.example_attacks[i]}")
+        if len(example.found_eps) > i and eps_key(example.found_eps[i]) < eps_key(example.eps):
+            notes.append(f"found at {_eps_text(example, labels, example.found_eps[i])}")
         clean_cells.append({**_picture(clean[i], f"clean image of {truth}"),
-                            "label": p_clean, "truth": truth,
-                            "ok": bool(example.pred_clean[i] == example.labels[i])})
+                            "label": p_clean, "truth": f"true {truth}",
+                            "ok": bool(example.pred_clean[i] == example.labels[i]),
+                            "plain": False})
         adv_cells.append({**_picture(adv[i], f"adversarial image, predicted {p_adv}"),
-                          "label": p_adv, "truth": "",
-                          "ok": bool(example.pred_adv[i] == example.labels[i])})
-        delta_cells.append({**_picture(view.images[i], "signed perturbation"),
-                            "label": "", "truth": "", "ok": True})
-    caption = (f"{example.domain} domain ({example.dataset}) · attack {example.attack}, "
-               f"{example.threat} @ {eps_text} · labels are predictions; red = wrong")
-    return {"caption": caption, "scale": view.scale_label,
+                          "label": p_adv, "truth": ", ".join(notes),
+                          "ok": bool(example.pred_adv[i] == example.labels[i]),
+                          "plain": False})
+        delta_cells.append({**_picture(view.images[i], "local mean of the perturbation"),
+                            "label": f"±{_per_255(float(view.scales[i]))}", "truth": "",
+                            "ok": True, "plain": True})
+    title, tag, why = _strip_title(example, labels)
+    caption = (f"{example.domain} domain ({example.dataset}) · {example.threat} · {why} · "
+               f"labels are predictions; red = wrong")
+    return {"title": title, "tag": tag, "caption": caption, "scale": view.label,
             "rows": [("clean", clean_cells), ("adversarial", adv_cells),
-                     ("perturbation", delta_cells)]}
+                     (f"change, {view.window}×{view.window} mean", delta_cells)]}
 
 
 def _examples_view(sets: list[ExampleSet], problems: list[str], board: pd.DataFrame,

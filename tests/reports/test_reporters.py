@@ -314,30 +314,60 @@ def test_the_html_table_leaves_out_the_parts_and_shows_the_headline_once(default
     assert page.count('<tr class="block-head">') == 2
 
 
-def test_the_perturbation_is_signed_and_scaled_to_eps():
+def test_the_perturbation_map_shows_structure_not_the_linf_speckle():
+    """An Linf attack changes almost every pixel by +-eps: the raw map is one flat speckle.
+    The report shows the change averaged over 3x3 pixels (and the channels), scaled per
+    image to its largest value: coherent pushes stay saturated, sign noise fades."""
     from robench_reports.examples import perturbation_image
+    from robench_reports.figures import diverging_rgb
 
-    clean = np.full((1, 2, 3, 1), 100, dtype=np.uint8)
+    red, blue = diverging_rgb(np.array([1.0]))[0], diverging_rgb(np.array([-1.0]))[0]
+    rng = np.random.default_rng(0)
+    clean = np.full((2, 32, 32, 3), 120, dtype=np.uint8)
+    signs = rng.choice([-1, 1], size=(2, 32, 32, 1)) * np.ones((1, 1, 1, 3), dtype=int)
+    signs[:, 4:12, 4:12] = 1  # a block pushed brighter ...
+    signs[:, 20:28, 20:28] = -1  # ... and one darker, on a background of sign noise
+    budget = np.array([8, 2]).reshape(2, 1, 1, 1)  # 8/255 and 2/255
+    adv = (clean.astype(int) + signs * budget).astype(np.uint8)
+    raw = np.abs(adv.astype(int) - clean.astype(int))
+    assert (raw == budget).all()  # every pixel moved by the full budget: raw shows nothing
+
+    view = perturbation_image(clean, adv)
+    assert view.window == 3 and view.images.shape == (2, 32, 32, 3)
+    assert view.images.dtype == np.uint8
+    assert "3×3" in view.label and "largest" in view.label
+    # each image is scaled to its own largest local mean: the full budget inside a block
+    assert view.scales == pytest.approx([8 / 255, 2 / 255])
+    for image in view.images.astype(int):
+        plus, minus, noise = image[6:10, 6:10], image[22:26, 22:26], image[14:18, 0:32]
+        assert (plus == red).all() and (minus == blue).all()  # brighter, darker: full colour
+        # sign noise averages out: far paler than the blocks on average
+        paleness = noise.min(axis=-1).mean()
+        assert paleness > plus.min(axis=-1).mean() + 60
+        assert paleness > minus.min(axis=-1).mean() + 60
+
+
+def test_the_perturbation_map_mean_is_over_channels_and_a_mirrored_window():
+    from robench_reports.examples import local_mean, perturbation_image, smoothing_window
+    from robench_reports.figures import diverging_rgb
+
+    assert smoothing_window(8, 8) == 3 and smoothing_window(32, 32) == 3
+    assert smoothing_window(224, 224) == 7 and smoothing_window(224, 96) == 3
+    values = np.random.default_rng(1).normal(size=(2, 5, 6, 1))
+    padded = np.pad(values, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="symmetric")
+    naive = np.stack([[[padded[n, i:i + 3, j:j + 3, 0].mean() for j in range(6)]
+                       for i in range(5)] for n in range(2)])[..., None]
+    np.testing.assert_allclose(local_mean(values, 3), naive, atol=1e-12)
+    # colour: the change of brightness, so opposite channel pushes cancel
+    clean = np.full((2, 4, 4, 3), 100, dtype=np.uint8)
     adv = clean.copy()
-    adv[0, 0, 0, 0] += 8  # +eps at 8/255
-    adv[0, 0, 1, 0] -= 8  # -eps
-    adv[0, 0, 2, 0] += 4  # half the budget
-    view = perturbation_image(clean, adv, eps=8 / 255, threat="linf", eps_label="8/255")
-    assert view.scale_label == "8/255 (eps)" and view.images.shape == (1, 2, 3, 3)
-    plus, minus, half, zero = (view.images[0, 0, 0], view.images[0, 0, 1],
-                               view.images[0, 0, 2], view.images[0, 1, 0])
-    assert int(plus[0]) > int(plus[2]) + 40 and int(plus[0]) > int(plus[1]) + 40  # red
-    assert int(minus[2]) > int(minus[0]) + 40  # blue: darker
-    assert zero.min() > 240  # white: unchanged
-    assert plus[1] < half[1] < zero[1]  # half the budget: paler than the full budget
-    # an L2 budget bounds no single pixel: scaled to the largest change, and said so
-    view = perturbation_image(clean, adv, eps=0.5, threat="l2")
-    assert view.scale_label.endswith("(largest change)")
-    assert view.scale == pytest.approx(8 / 255)
-    # colour images: the channel that changed most, with its sign
-    rgb = np.zeros((1, 1, 1, 3), dtype=np.uint8) + 50
-    moved = rgb.copy()
-    moved[..., 1] -= 8
-    moved[..., 0] += 2
-    shown = perturbation_image(rgb, moved, eps=8 / 255, threat="linf").images[0, 0, 0]
-    assert int(shown[2]) > int(shown[0]) + 40  # blue: the green channel's -8 wins over +2
+    adv[0] += np.array([8, 8, 8], dtype=np.uint8)
+    adv[1, ..., 0] += 8
+    adv[1, ..., 2] -= 8
+    view = perturbation_image(clean, adv)
+    assert view.scales == pytest.approx([8 / 255, 0.0])
+    assert (view.images[0] == diverging_rgb(np.array([1.0]))[0]).all()  # brighter: full red
+    assert view.images[1].min() > 240  # no net change: white, and no division by zero
+    # a grayscale strip ((k, H, W) or one channel) works the same way
+    gray = perturbation_image(clean[..., :1], adv[..., :1])
+    assert gray.images.shape == (2, 4, 4, 3) and gray.scales[0] == pytest.approx(8 / 255)
