@@ -45,12 +45,12 @@ from robench.specs import Preprocess, TensorSplit
 SUBSET_SEED = 0
 #: loader worker processes used to decode a lazy split, at most
 MAX_LOADER_WORKERS = 4
-#: an evaluation batch holds at most this many input values: 256 images of 3x45x45, so
-#: ``eval_batch_size`` (256) is used as it is up to 45 px (digits, MNIST, CIFAR at 32 px),
-#: and ImageNet's 224 px images go 10 at a time.  A batch's activations (kept for the input
-#: gradient) grow with its pixels: 256 images at 224 px would need ~10 GB for a
-#: ResNet-18's backward, 10 of them ~0.5 GB
-BATCH_PIXEL_BUDGET = 256 * 3 * 45 * 45
+#: ``eval_batch_size`` counts images of this many values (3x32x32): a batch of larger images
+#: holds proportionally fewer, so memory is bounded by the batch whatever the image size.
+#: A batch's activations (kept for the input gradient) grow with its pixels: at the default
+#: 256, ImageNet's 3x224x224 images go 5 at a time (~0.3 GB for a ResNet-18's backward;
+#: 256 of them would need ~15 GB).  On a GPU, raise eval_batch_size for larger batches
+BATCH_REFERENCE_VALUES = 3 * 32 * 32
 
 
 # --------------------------------------------------------------------------- lazy splits
@@ -160,11 +160,12 @@ def subset_indices(n: int, limit: int | None) -> torch.Tensor:
 
 
 def batch_size_for(batch_size: int, shape: Sequence[int]) -> int:
-    """``batch_size`` capped so that one batch of images of ``shape`` (C, H, W) holds at most
-    :data:`BATCH_PIXEL_BUDGET` values: memory is bounded by the batch whatever the image
-    size, and the same rule on every machine keeps rows identical."""
-    pixels = int(np.prod([int(s) for s in shape]))
-    return max(1, min(int(batch_size), BATCH_PIXEL_BUDGET // max(1, pixels)))
+    """The evaluation batch for images of ``shape`` (C, H, W): ``batch_size`` images of at
+    most 3x32x32 values, proportionally fewer of larger ones (:data:`BATCH_REFERENCE_VALUES`).
+    The same rule on every machine keeps rows identical."""
+    values = int(np.prod([int(s) for s in shape]))
+    return max(1, min(int(batch_size), int(batch_size) * BATCH_REFERENCE_VALUES
+                      // max(1, values)))
 
 
 def loader_workers(requested: int | str | None = None) -> int:
@@ -288,16 +289,21 @@ def load_subset(split: Any, indices: torch.Tensor, *, batch_size: int = 256,
     pass computes while the loader workers decode the next batches."""
     if not is_lazy(split) and on_batch is None:
         return Images(split.images[indices], device), split.labels[indices].to(device)
-    parts, labels = [], []
+    store: torch.Tensor | None = None  # filled batch by batch: no second copy of the subset
+    labels = torch.empty(len(indices), dtype=torch.long)
+    filled = 0
     for xb, yb in iterate_subset(split, indices, batch_size=batch_size, workers=workers,
                                  device=device):
-        parts.append(xb)
-        labels.append(yb)
+        if store is None:
+            store = torch.empty((len(indices), *xb.shape[1:]), dtype=xb.dtype)
+        store[filled:filled + len(xb)] = xb
+        labels[filled:filled + len(yb)] = yb
+        filled += len(xb)
         if on_batch is not None:
             on_batch(Images(xb, device)[:], yb.to(device))
-    if not parts:
+    if store is None:
         raise UsageError("The evaluated subset is empty: the test split has no images.")
-    return Images(torch.cat(parts), device), torch.cat(labels).to(device)
+    return Images(store, device), labels.to(device)
 
 
 def for_model(bundle: Any, preprocess: Preprocess | dict[str, Any] | None) -> Any:
