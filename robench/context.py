@@ -78,17 +78,24 @@ class WorkerContext:
         return self._views[key]
 
     def subset(self, bundle: DatasetBundle, config: GridConfig, device: str,
-               on_batch: Any = None) -> tuple[Any, Any]:
+               on_batch: Any = None, file: Path | None = None) -> tuple[Any, Any]:
         """The evaluated subset of ``bundle``'s test split (``limit`` images, by index), as
         ``robench.data.Images`` and labels on ``device``.  Decoded once per process and kept
         (one subset at a time, 8-bit for decoded files); ``on_batch(images, labels)`` sees
-        each batch while it is decoded, or every batch of the kept subset."""
+        each batch while it is decoded, or every batch of the kept subset.  ``file``: where
+        validation left the decoded subset (a file-backed dataset), mapped instead of
+        decoded when it is there."""
         from robench import data
 
         key = f"{id(bundle.test)}:{config.limit}:{device}"
         if key not in self._subsets:
             self._subsets.clear()
             indices = data.subset_indices(len(bundle.test), config.limit)
+            mapped = data.read_subset(file, len(indices), device) \
+                if file is not None and data.is_lazy(bundle.test) else None
+            if mapped is not None:
+                self._subsets[key] = (*mapped, bundle.test)
+                return self.subset(bundle, config, device, on_batch=on_batch)
             images, labels = data.load_subset(
                 bundle.test, indices, batch_size=self.eval_batch(bundle, config),
                 workers=config.loader_workers, device=device, on_batch=on_batch)

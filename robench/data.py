@@ -306,6 +306,44 @@ def load_subset(split: Any, indices: torch.Tensor, *, batch_size: int = 256,
     return Images(store, device), labels.to(device)
 
 
+def subset_file(run_dir: str | os.PathLike[str], dataset: str, dataset_params: dict[str, Any],
+                preprocess: dict[str, Any] | None, limit: int | None) -> Path:
+    """Where validation leaves the decoded evaluated subset of a file-backed dataset (as the
+    model with ``preprocess`` sees it), for the tasks to map instead of decoding it again."""
+    import hashlib
+    import json
+
+    key = json.dumps({"dataset": dataset, "params": dataset_params, "limit": limit,
+                      "preprocess": preprocess}, sort_keys=True, default=str)
+    return Path(run_dir) / "subsets" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+
+
+def save_subset(path: Path, images: Images, labels: torch.Tensor) -> None:
+    """Write a decoded subset: 8-bit pixels (``.npy``, memory-mappable) and labels, atomically
+    (the pixels file is renamed into place last)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = path.with_suffix(".npy")
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(path.with_suffix(".labels.npy"), labels.cpu().numpy())
+    np.save(tmp, images.pixels_uint8().cpu().numpy())
+    os.replace(tmp, pixels)
+
+
+def read_subset(path: Path, n: int, device: torch.device | str
+                ) -> tuple[Images, torch.Tensor] | None:
+    """A subset written by :func:`save_subset`, memory-mapped (the page cache holds it once
+    for every process of the machine), or ``None`` when it is not there (another node, a
+    run folder from before)."""
+    pixels, labels = path.with_suffix(".npy"), path.with_suffix(".labels.npy")
+    if not (pixels.is_file() and labels.is_file()):
+        return None
+    data = np.load(pixels, mmap_mode="c")  # copy-on-write: never written, pages shared
+    if len(data) != n:
+        return None
+    return (Images(torch.from_numpy(data), device),
+            torch.from_numpy(np.load(labels)).long().to(device))
+
+
 def for_model(bundle: Any, preprocess: Preprocess | dict[str, Any] | None) -> Any:
     """``bundle`` as a model with its own ``preprocess`` sees it: file-backed splits decoded
     through it, at its input size.  In-memory splits (already decoded) are returned as they

@@ -204,32 +204,48 @@ def validate(config: GridConfig, context: WorkerContext) -> ValidGrid:
 
     attacks = _check_values(cfg, host, bundles)
     stages = _check_defenses(cfg, host)
-    valid = ValidGrid(device=device, bundles=bundles, attacks=attacks, stages=stages,
-                      subset_sha256=_check_subsets(cfg, bundles))
-    _check_complete_models(cfg, context, valid)
+    valid = ValidGrid(device=device, bundles=bundles, attacks=attacks, stages=stages)
+    views = _check_complete_models(cfg, context, valid)
+    valid.subset_sha256 = _check_subsets(cfg, bundles, views)
     return valid
 
 
-def _check_subsets(cfg: GridConfig, bundles: dict[str, DatasetBundle]) -> dict[str, str]:
-    """Decode each dataset's evaluated subset once (only it, never the whole folder): a file
-    that cannot be read is exit 2 naming it, before any work.  Returns the subsets' hashes
-    for provenance."""
+def _check_subsets(cfg: GridConfig, bundles: dict[str, DatasetBundle],
+                   views: dict[str, list[tuple[dict[str, Any], DatasetBundle]]]
+                   ) -> dict[str, str]:
+    """Decode each dataset's evaluated subset once (only it, never the whole folder), as each
+    model will see it: a file that cannot be read is exit 2 naming it, before any work.  A
+    file-backed subset is left in the run folder (``subsets/``) for the tasks to map rather
+    than decode again.  Returns a hash per dataset (its first view) for provenance."""
     from robench import data
     from robench.worker import subset_hash
 
     hashes = {}
     for dataset, bundle in bundles.items():
-        indices = data.subset_indices(len(bundle.test), cfg.limit)
-        images, labels = data.load_subset(bundle.test, indices,
-                                          batch_size=cfg.eval_batch_size,
-                                          workers=cfg.loader_workers)
-        hashes[dataset] = subset_hash(images, labels)
+        wanted = [(None, bundle)] if cfg.backbones else []
+        for preprocess, view in views.get(dataset, []):
+            if preprocess not in [p for p, _ in wanted]:
+                wanted.append((preprocess, view))
+        for preprocess, view in wanted:
+            indices = data.subset_indices(len(view.test), cfg.limit)
+            images, labels = data.load_subset(view.test, indices,
+                                              batch_size=WorkerContext.eval_batch(view, cfg),
+                                              workers=cfg.loader_workers)
+            hashes.setdefault(dataset, subset_hash(images, labels))
+            if data.is_lazy(view.test):
+                data.save_subset(data.subset_file(
+                    cfg.run_dir, dataset, cfg.plugin_params("dataset", dataset), preprocess,
+                    cfg.limit), images, labels)
     return hashes
 
 
-def _check_complete_models(cfg: GridConfig, context: WorkerContext, valid: ValidGrid) -> None:
+def _check_complete_models(cfg: GridConfig, context: WorkerContext, valid: ValidGrid
+                           ) -> dict[str, list[tuple[dict[str, Any], DatasetBundle]]]:
     """Load each complete model once and fit it to every evaluated dataset, so a model whose
-    classes or input do not fit is exit 2 before any work (the message names both)."""
+    classes or input do not fit is exit 2 before any work (the message names both).  Returns,
+    per dataset, the views that models with their own preprocessing see (one per distinct
+    preprocessing)."""
+    views: dict[str, list[tuple[dict[str, Any], DatasetBundle]]] = {}
     from robench.loading import load_complete_on
     from robench.planning import ModelPlan
 
@@ -240,14 +256,17 @@ def _check_complete_models(cfg: GridConfig, context: WorkerContext, valid: Valid
             try:
                 with plugin_code(context.host, "model", name):
                     # as the model will see the data: a folder through its own preprocessing
-                    load_complete_on(context.host, plan, bundle, dataset=dataset,
-                                     dataset_params=cfg.plugin_params("dataset", dataset))
+                    _m, _c, preprocess, view = load_complete_on(
+                        context.host, plan, bundle, dataset=dataset,
+                        dataset_params=cfg.plugin_params("dataset", dataset))
+                views.setdefault(dataset, []).append((preprocess, view))
             except PluginCodeError as exc:
                 if not isinstance(exc.__cause__, (FileNotFoundError, NotADirectoryError,
                                                   PermissionError)):
                     raise
                 raise UsageError(f"Model {name!r} could not be loaded: {exc.__cause__}.") \
                     from None
+    return views
 
 
 def fingerprints(host: PluginHost) -> Any:

@@ -183,6 +183,12 @@ def load_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
             "params": count_parameters(module), "info": meta["info"]}
 
 
+def _subset_file(run_dir: str, cfg: GridConfig, dataset: str, meta: dict[str, Any]) -> Path:
+    """Where validation left this model's decoded subset of ``dataset`` (file-backed data)."""
+    return data_mod.subset_file(run_dir, dataset, cfg.plugin_params("dataset", dataset),
+                                meta.get("preprocess"), cfg.limit)
+
+
 def _evaluation_inputs(context: WorkerContext, run_dir: str, config: dict[str, Any],
                        plan: dict[str, Any], model_key: str, dataset: str, device: str
                        ) -> tuple[GridConfig, torch.nn.Module, dict[str, Any], DatasetBundle,
@@ -194,7 +200,7 @@ def _evaluation_inputs(context: WorkerContext, run_dir: str, config: dict[str, A
     model, meta = context.evaluated_model(run_dir, ModelPlan(**plan), model_key, device,
                                           cfg.precision, cfg.compile)
     bundle = context.dataset(cfg, dataset, meta.get("preprocess"))
-    x, y = context.subset(bundle, cfg, device)
+    x, y = context.subset(bundle, cfg, device, file=_subset_file(run_dir, cfg, dataset, meta))
     return cfg, model, meta, bundle, x, y
 
 
@@ -218,7 +224,8 @@ def clean_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any], 
             parts.append(model(xb))
 
     start = time.perf_counter()
-    x, y = context.subset(bundle, cfg, device, on_batch=classify)
+    x, y = context.subset(bundle, cfg, device, on_batch=classify,
+                          file=_subset_file(run_dir, cfg, dataset, meta))
     batch = data_mod.batch_size_for(cfg.eval_batch_size, x.shape[1:])
     logits = torch.cat(parts) if parts else logits_of(model, x, batch_size=batch)
     correct = logits.argmax(1) == y

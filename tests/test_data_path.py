@@ -177,3 +177,30 @@ def test_corrupt_jpeg_in_the_evaluated_subset_is_exit_2_before_any_work(tmp_path
     assert "0001.jpg" in proc.stderr and "cannot read image" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (out / "default" / "results.sqlite").exists()  # refused before any work
+
+
+def test_a_grid_decodes_the_evaluated_subset_once(folder: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation decodes the subset as the model sees it and leaves it for the tasks, which
+    map it instead of decoding again; nothing else of the test split is read, and the
+    decoded subset is removed when the run ends."""
+    decoded: list[str] = []
+    original = data.ImageFiles.pixels
+
+    def counting(self: data.ImageFiles, index: int) -> torch.Tensor:
+        decoded.append(self.files[index])
+        return original(self, index)
+
+    monkeypatch.setattr(data.ImageFiles, "pixels", counting)
+    with pytest.warns(UserWarning, match="random weights"):
+        rows = robench.run_grid({
+            "name": "once", "dataset": "imagefolder", "target": "none",
+            "models": ["timm:test_resnet"], "attacks": ["fgsm"], "limit": 6,
+            "eps": {"linf": ["1/255"]}, "out": str(tmp_path), "reporters": ["csv"],
+            "loader_workers": 0, "executor": {"local": {"workers": 1}},
+            "data": {"imagefolder": {"path": str(folder)}},
+            "model": {"timm:test_resnet": {"num_classes": 3}}})
+    assert (rows["status"] == "ok").all()
+    test_files = [f for f in decoded if "/test/" in f]
+    assert len(test_files) == 6 and len(set(test_files)) == 6  # each once, six of fifteen
+    assert not (tmp_path / "once" / "subsets").exists()
