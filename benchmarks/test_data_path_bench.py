@@ -91,13 +91,14 @@ def synthetic_folder(test_images: int, train_per_class: int = 20) -> Path:
     return root
 
 
-def tree_memory(pid: int) -> tuple[int, int]:
+def tree_memory(pid: int, by_process: dict[int, int] | None = None) -> tuple[int, int]:
     """``(PSS, RSS)`` in bytes of ``pid`` and all its descendants, summed (from /proc).
 
     PSS (proportional set size) counts a page shared by k processes as 1/k in each: its sum
     is the tree's real memory.  The RSS sum counts shared pages (torch's libraries, the
     pages loader workers share with the process they forked from) once per process, so it
-    overstates a tree of torch processes by several hundred MB each."""
+    overstates a tree of torch processes by several hundred MB each.  ``by_process`` gets
+    each process's PSS."""
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -118,6 +119,8 @@ def tree_memory(pid: int) -> tuple[int, int]:
                 for line in f:
                     if line.startswith("Pss:"):
                         pss += int(line.split()[1]) * 1024
+                        if by_process is not None:
+                            by_process[p] = int(line.split()[1]) * 1024
                     elif line.startswith("Rss:"):
                         rss += int(line.split()[1]) * 1024
         except OSError:
@@ -132,6 +135,7 @@ class Monitor:
         self.pid, self.store = pid, store
         self.peak_pss = 0
         self.peak_rss = 0
+        self.peak_by_process: list[int] = []
         self.loads: list[float] = []
         self.first_attack: float | None = None
         self.start = time.monotonic()
@@ -153,7 +157,10 @@ class Monitor:
     def _run(self) -> None:
         tick = 0
         while not self._stop.wait(0.2):
-            pss, rss = tree_memory(self.pid)
+            each: dict[int, int] = {}
+            pss, rss = tree_memory(self.pid, each)
+            if pss > self.peak_pss:
+                self.peak_by_process = sorted((v // 2**20 for v in each.values()), reverse=True)
             self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
             tick += 1
             if tick % 10 == 0:
@@ -191,6 +198,7 @@ def test_folder_grid(benchmark: Any, tmp_path: Path, images: int, limit: int) ->
         assert proc.returncode == 0, stderr[-3000:]
         outcome.update(peak_pss_mb=round(monitor.peak_pss / 2**20),
                        peak_rss_sum_mb=round(monitor.peak_rss / 2**20),
+                       peak_by_process=monitor.peak_by_process,
                        first_attack_s=round(monitor.first_attack or float("nan"), 1),
                        wall_s=round(time.monotonic() - start, 1),
                        load_mean=round(float(np.mean(monitor.loads or [0])), 2),
