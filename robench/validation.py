@@ -182,15 +182,8 @@ def validate(config: GridConfig, context: WorkerContext) -> ValidGrid:
     # Data: load now, so a missing path is exit 2 rather than a failed task.
     bundles: dict[str, DatasetBundle] = {}
     for _, dataset in domains(cfg):
-        try:
-            with plugin_code(host, "dataset", dataset):
-                bundles[dataset] = context.dataset(cfg, dataset)
-        except PluginCodeError as exc:
-            if not isinstance(exc.__cause__, (FileNotFoundError, NotADirectoryError,
-                                              PermissionError)):
-                raise
-            raise UsageError(f"Dataset {dataset!r} could not be loaded: {exc.__cause__}.") \
-                from None
+        with plugin_loading(host, "dataset", dataset):
+            bundles[dataset] = context.dataset(cfg, dataset)
     if cfg.target:
         src, tgt = bundles[cfg.dataset], bundles[cfg.target]
         if (src.num_classes, src.image_size, src.in_chans) != (
@@ -253,19 +246,12 @@ def _check_complete_models(cfg: GridConfig, context: WorkerContext, valid: Valid
         plan = ModelPlan(name=name, model=name, model_params=cfg.plugin_params("model", name))
         for _, dataset in domains(cfg):
             bundle = valid.bundles[dataset]
-            try:
-                with plugin_code(context.host, "model", name):
-                    # as the model will see the data: a folder through its own preprocessing
-                    _m, _c, preprocess, view = load_complete_on(
-                        context.host, plan, bundle, dataset=dataset,
-                        dataset_params=cfg.plugin_params("dataset", dataset))
-                views.setdefault(dataset, []).append((preprocess, view))
-            except PluginCodeError as exc:
-                if not isinstance(exc.__cause__, (FileNotFoundError, NotADirectoryError,
-                                                  PermissionError)):
-                    raise
-                raise UsageError(f"Model {name!r} could not be loaded: {exc.__cause__}.") \
-                    from None
+            with plugin_loading(context.host, "model", name):
+                # as the model will see the data: a folder through its own preprocessing
+                _m, _c, preprocess, view = load_complete_on(
+                    context.host, plan, bundle, dataset=dataset,
+                    dataset_params=cfg.plugin_params("dataset", dataset))
+            views.setdefault(dataset, []).append((preprocess, view))
     return views
 
 
@@ -386,6 +372,21 @@ def _build_checked(host: PluginHost, kind: str, name: str, params: dict[str, Any
         raise UsageError(
             f"The {kind} {name!r} refused its parameters {params!r}: {exc.__cause__}."
         ) from None
+
+
+@contextmanager
+def plugin_loading(host: PluginHost, kind: str, name: str) -> Iterator[None]:
+    """:func:`plugin_code` around loading a dataset or a model: a missing or unreadable file
+    or folder is the user's input (exit 2, naming it), any other exception the plugin's."""
+    try:
+        with plugin_code(host, kind, name):
+            yield
+    except PluginCodeError as exc:
+        if not isinstance(exc.__cause__, (FileNotFoundError, NotADirectoryError,
+                                          PermissionError)):
+            raise
+        raise UsageError(f"{kind.capitalize()} {name!r} could not be loaded: "
+                         f"{exc.__cause__}.") from None
 
 
 @contextmanager
