@@ -75,6 +75,17 @@ def timed(*, log: str, name: str, seconds: float, steps: int = 0) -> dict[str, A
     return {"pid": os.getpid(), "threads": torch.get_num_threads()}
 
 
+def after_start_of(*, log: str, name: str, other: str) -> dict[str, Any]:
+    """Start, then wait (60 s at most) until job ``other`` has started elsewhere: both
+    workers then hold a job, whichever became ready first."""
+    _log(log, name=f"{name}:start", pid=os.getpid())
+    deadline = time.monotonic() + 60
+    while other not in _started(log) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _log(log, name=name, start=time.time(), end=time.time(), pid=os.getpid())
+    return {"pid": os.getpid()}
+
+
 def _started(log: str) -> dict[str, int]:
     """The pid of each job that has started, by name."""
     if not os.path.exists(log):
@@ -328,15 +339,13 @@ def test_closing_the_run_stops_the_workers(tmp_path: Path) -> None:
     """What Ctrl-C does to the driver's generator: finished outcomes stay, workers end."""
     log = str(tmp_path / "log.jsonl")
     run = LocalExecutor(workers=2).run([
-        job("quick", timed, log=log, name="quick", seconds=0),
+        job("quick", after_start_of, log=log, name="quick", other="long"),
         job("long", timed, log=log, name="long", seconds=120, steps=120),
     ])
+    # "quick" ends only once "long" runs on the other worker (a worker that became ready
+    # after "quick" ended would otherwise get "long" only when the generator is resumed)
     first = next(run)
     assert first.key == "quick" and first.ok
-    # "long" was handed to the other worker with "quick": wait until it runs there
-    deadline = time.monotonic() + 120
-    while "long" not in _started(log) and time.monotonic() < deadline:
-        time.sleep(0.05)
     pids = {first.result["pid"], _started(log)["long"]}
     start = time.monotonic()
     run.close()
