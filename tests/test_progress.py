@@ -3,8 +3,9 @@
 The estimate is replayed on the task times of a recorded robust-mnist run (the committed
 sample's results.csv as the issue saw it, kept in tests/data so that regenerating the sample
 does not move the test): it holds each model's training time (``train_seconds``) and each
-attack's time per eps (``seconds``), and a simulated executor runs those tasks in the grid's order, on one to
-three workers, as the local executor does (the first task that may start, starts)."""
+attack's time per eps (``seconds``), and a simulated executor runs those tasks in the grid's
+order, on one to three workers, as the local executor does (the first task that may start,
+starts)."""
 
 from __future__ import annotations
 
