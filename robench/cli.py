@@ -104,6 +104,11 @@ def grid(
     seeds: Annotated[str | None, typer.Option(
         help="comma-separated seeds, e.g. 0,1,2: every model trained and evaluated per seed; "
              "the leaderboard gives mean, std and worst seed")] = None,
+    shard_size: Annotated[str | None, typer.Option(
+        "--shard-size", metavar="<N|auto>",
+        help="samples per shard of an attack task: shards run in parallel on every worker, "
+             "GPU and Ray node, and each is stored when it ends (auto: eight per task, at "
+             "least 32 samples each)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (CUDA)")] = None,
     compile_backend: Annotated[str | None, typer.Option(
@@ -155,7 +160,7 @@ def grid(
             heads=_names(heads), adaptors=_names(adaptors), models=_names(models),
             defenses=_names(defenses), attacks=_names(attacks),
             eps=eps_table, limit=limit, epochs=epochs, seed=seed, seeds=seeds,
-            device=device,
+            shard_size=shard_size, device=device,
             precision=precision, compile=compile_backend,
             executor=executor, name=name, out=out_dir, fresh=True if fresh else None,
         )

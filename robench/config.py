@@ -84,6 +84,9 @@ ClassImages = Annotated[int, Check(ge=0, rule="a number of classes >= 0 (0 or fa
 LoaderWorkers = Annotated[Annotated[int, Check(ge=0)] | Literal["auto"],
                           Check(rule="an integer >= 0, or 'auto' for one per usable core "
                                      "(at most 4)")]
+ShardSize = Annotated[Annotated[int, Check(ge=1)] | Literal["auto"],
+                      Check(rule="an integer >= 1 (samples per shard), or 'auto' (eight "
+                                 "shards per attack, at least 32 samples each)")]
 DEFAULT_CLASS_IMAGES = 10
 DEFAULT_ALIGNMENT_IMAGES = 512
 
@@ -144,6 +147,10 @@ class GridConfig:
     #: loader worker processes that decode a dataset read from files (0: decode in the
     #: task's own process; "auto": one per usable core, at most 4)
     loader_workers: LoaderWorkers = "auto"
+    #: samples per shard of an attack task (consecutive samples of the evaluated subset; each
+    #: shard is a job of its own, stored when it finishes); "auto": a task of n samples in
+    #: shards of max(32, ceil(n / 8)).  Not part of any task key (see docs/protocol.md)
+    shard_size: ShardSize = "auto"
     #: per-plugin parameters: {"attack": {"pgd": {"steps": 20}}, ...}
     params: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
@@ -266,7 +273,7 @@ _FIELD_TYPES = {f.name: f.type for f in fields(GridConfig)}
 _SCALAR_KEYS = ("name", "dataset", "executor", "out", "limit", "epochs", "batch_size",
                 "eval_batch_size", "seed", "lr", "weight_decay", "fresh", "device",
                 "lr_schedule", "precision", "class_images", "alignment_images",
-                "loader_workers")
+                "loader_workers", "shard_size")
 _LIST_KEYS = ("backbones", "heads", "adaptors", "models", "defenses", "attacks", "reporters")
 #: the dataset whose showcase target and adaptors are the defaults (the default grid's)
 SHOWCASE_DATASET = "digits"

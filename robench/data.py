@@ -206,6 +206,10 @@ class Images:
             return rows.to(self.device, non_blocking=True).float().div_(255.0)
         return rows.to(self.device).float()
 
+    def rows(self, start: int, stop: int) -> Images:
+        """Images ``[start, stop)`` (a view: nothing is copied or decoded)."""
+        return Images(self.data[start:stop], self.device)
+
     def to(self, device: torch.device | str) -> Images:
         """The same images, read on ``device`` (their pixels stay where they are)."""
         return Images(self.data, device)

@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robench import streams
+
 #: absolute slack allowed on a perturbation norm, for float32 rounding of x + delta
 EPS_TOLERANCE = 1e-5
 #: slack allowed outside [0, 1]
@@ -140,9 +142,14 @@ def verify_adversarial(
 
 
 def make_targets(
-    mode: Any, y: torch.Tensor, logits: torch.Tensor, *, num_classes: int, seed: int
+    mode: Any, y: torch.Tensor, logits: torch.Tensor, *, num_classes: int, seed: int,
+    sample_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Target classes for a targeted attack: an index, ``random`` or ``least-likely``."""
+    """Target classes for a targeted attack: an index, ``random`` or ``least-likely``.
+
+    A random target is drawn from the sample's own stream (the seed and its index in the
+    evaluated subset, ``sample_ids``: by default the rows' positions), so it is the same in
+    any shard."""
     if isinstance(mode, int) and not isinstance(mode, bool):
         if not 0 <= mode < num_classes:
             raise ValueError(f"target class {mode} is outside 0..{num_classes - 1}")
@@ -150,8 +157,9 @@ def make_targets(
     if mode == "least-likely":
         return logits.argmin(1)
     if mode == "random":
-        gen = torch.Generator().manual_seed(seed)
-        offset = torch.randint(1, num_classes, (len(y),), generator=gen).to(y.device)
+        ids = torch.arange(len(y)) if sample_ids is None else sample_ids.cpu()
+        offset = streams.SampleStreams(streams.sample_seed(seed, "target"), ids).randint(
+            1, num_classes, (len(y),)).to(y.device)
         return (y + offset) % num_classes
     raise ValueError(f"target must be a class index, 'random' or 'least-likely', got {mode!r}")
 
@@ -220,9 +228,13 @@ def _attack_indices(
     attack: Any, counting: CountingModel, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     idx: torch.Tensor, *, eps: float | None, threat: str, target: torch.Tensor | None,
     batch_size: int, keep_examples: int, on_batch: Callable[[], None] | None,
-    reference: nn.Module | None = None,
+    reference: nn.Module | None = None, sample_ids: torch.Tensor, stream: int = 0,
 ) -> _ChunkedRun:
     """Run the attack on ``idx`` in batches and verify every returned example.
+
+    Each batch runs with its samples' random streams (``stream`` identifies the work, the
+    seed and the eps; ``sample_ids`` are the rows' indices in the evaluated subset) and the
+    global generator seeded from ``stream`` and the batch's first sample.
 
     A verification mismatch (claimed by the attack, valid, not fooled) is attacked once more,
     those samples alone in one batch, and verified again; the re-attack's cost is counted
@@ -234,7 +246,9 @@ def _attack_indices(
                       verify_mismatch=zeros.clone(), precision_mismatch=zeros.clone())
     for chunk in idx.split(batch_size):
         tgt = target[chunk] if target is not None else None
-        x_adv = attack.perturb(counting, x[chunk], y[chunk], eps, target=tgt)
+        ids = sample_ids[chunk.cpu()]
+        x_adv = _perturb_with_streams(attack, counting, x[chunk], y[chunk], eps, tgt, ids,
+                                      stream)
         claimed = claimed_success(attack, len(chunk), x.device)
         check = verify_adversarial(model, x[chunk], x_adv, y[chunk], threat=threat, eps=eps,
                                    target=tgt, batch_size=batch_size)
@@ -245,7 +259,8 @@ def _attack_indices(
         if mismatch is not None and bool(mismatch.any()):
             x_adv, fooled, norms = _reattack(
                 attack, counting, model, x[chunk], y[chunk], tgt, x_adv, fooled, norms,
-                mismatch, eps=eps, threat=threat, batch_size=batch_size, run=run)
+                mismatch, eps=eps, threat=threat, batch_size=batch_size, run=run,
+                sample_ids=ids, stream=streams.sample_seed(stream, "again"))
             run.verify_mismatch[chunk] = mismatch
         if reference is not None and bool(fooled.any()):
             disagree = reference_disagrees(reference, x_adv[fooled].detach().to(x.dtype),
@@ -262,11 +277,23 @@ def _attack_indices(
     return run
 
 
+def _perturb_with_streams(attack: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                          eps: float | None, target: torch.Tensor | None,
+                          sample_ids: torch.Tensor, stream: int) -> torch.Tensor:
+    """``attack.perturb`` on one batch, with the batch's per-sample streams current and the
+    global generator seeded from ``stream`` and the batch's first sample (for draws that are
+    not per sample)."""
+    if len(sample_ids):
+        torch.manual_seed(streams.sample_seed(stream, int(sample_ids[0])))
+    with streams.use(streams.SampleStreams(stream, sample_ids)):
+        return attack.perturb(model, x, y, eps, target=target)
+
+
 def _reattack(
     attack: Any, counting: CountingModel, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     target: torch.Tensor | None, x_adv: torch.Tensor, fooled: torch.Tensor,
     norms: torch.Tensor, mismatch: torch.Tensor, *, eps: float | None, threat: str,
-    batch_size: int, run: _ChunkedRun,
+    batch_size: int, run: _ChunkedRun, sample_ids: torch.Tensor, stream: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attack the ``mismatch`` samples of a chunk once more, on their own, and verify the new
     examples: those that verify replace the old ones and count as fooled, the others stay
@@ -277,7 +304,8 @@ def _reattack(
     to agree with itself).  Its invalid examples are counted like any other."""
     again = mismatch.nonzero().flatten()
     tgt = target[again] if target is not None else None
-    retry = attack.perturb(counting, x[again], y[again], eps, target=tgt)
+    retry = _perturb_with_streams(attack, counting, x[again], y[again], eps, tgt,
+                                  sample_ids[again.cpu()], stream)
     check = verify_adversarial(model, x[again], retry, y[again], threat=threat, eps=eps,
                                target=tgt, batch_size=batch_size)
     run.invalid += int((~check.valid).sum())
@@ -311,8 +339,13 @@ def run_attack_cascade(
     attack_model: nn.Module | None = None,
     start_robust: dict[float, torch.Tensor] | None = None,
     reference_model: nn.Module | None = None,
+    sample_ids: torch.Tensor | None = None,
 ) -> list[EpsOutcome]:
     """Attack the correctly classified samples over ``eps_list`` (ascending).
+
+    ``sample_ids`` are the samples' indices in the evaluated subset (by default their
+    positions): with ``seed`` and the eps they name each sample's random stream, so a
+    shard of the subset gets the same noise as the whole (see :mod:`robench.streams`).
 
     ``attackable`` (bool mask) excludes samples the attack cannot act on (for a targeted
     attack, those whose label is the target): they keep their clean outcome.  ``nested``
@@ -333,19 +366,20 @@ def run_attack_cascade(
     eps_list = sorted(eps_list)
     outcomes: list[EpsOutcome] = []
     robust = clean_correct.clone()
+    ids = torch.arange(len(y)) if sample_ids is None else sample_ids.cpu()
     common = {"threat": threat, "target": target, "batch_size": batch_size,
               "keep_examples": keep_examples, "on_batch": on_batch,
-              "reference": reference_model}
+              "reference": reference_model, "sample_ids": ids}
 
     def still_robust() -> torch.Tensor:
         return (robust if attackable is None else robust & attackable).nonzero().flatten()
 
     if kind == "minimal":  # one run; the curve follows from the per-sample norms
-        torch.manual_seed(seed)
         start = time.perf_counter()
         if start_robust is not None:  # robust at the smallest eps: every one still in play
             robust &= start_robust[min(eps_list)]
-        run = _attack_indices(attack, counting, model, x, y, still_robust(), eps=None, **common)
+        run = _attack_indices(attack, counting, model, x, y, still_robust(), eps=None,
+                              stream=streams.sample_seed(seed, "minimal"), **common)
         seconds = time.perf_counter() - start
         for i, eps in enumerate(eps_list):
             fooled = run.fooled & (run.norms <= eps + EPS_TOLERANCE * max(1.0, eps))
@@ -368,14 +402,14 @@ def run_attack_cascade(
     unconfirmed = torch.zeros_like(clean_correct)
     for k, eps in enumerate(eps_list):
         counting.reset()
-        torch.manual_seed(seed * 1000 + k)
         start = time.perf_counter()
         if not nested:
             robust = clean_correct.clone()
             unconfirmed = torch.zeros_like(clean_correct)
         if start_robust is not None:
             robust &= start_robust[eps]
-        run = _attack_indices(attack, counting, model, x, y, still_robust(), eps=eps, **common)
+        run = _attack_indices(attack, counting, model, x, y, still_robust(), eps=eps,
+                              stream=streams.sample_seed(seed, "eps", float(eps)), **common)
         robust &= ~run.fooled
         unconfirmed |= run.precision_mismatch
         outcomes.append(EpsOutcome(

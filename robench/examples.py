@@ -87,6 +87,34 @@ def read_task_examples(run_dir: str | Path, key: str) -> dict[str, np.ndarray] |
         return {name: data[name] for name in data.files}
 
 
+def merge_task_examples(run_dir: str | Path, key: str, parts: Sequence[str], *,
+                        nested: bool, per_eps: int = EXAMPLES_PER_EPS) -> Path:
+    """Write task ``key``'s examples from those of its shards ``parts`` (task files whose
+    ``indices`` are already indices in the evaluated subset): the examples of every shard
+    pooled, and kept by :func:`select_examples` as one task would keep its own."""
+    files = [f for f in (read_task_examples(run_dir, part) for part in parts) if f is not None]
+    head = {name: files[0][name] for name in ("attack", "threat", "eps")
+            if files and name in files[0]}
+    pooled = [f for f in files if "indices" in f and len(f["indices"])]
+    path = task_file(run_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not pooled:
+        _save(path, head)
+        return path
+    arrays = {name: np.concatenate([f[name] for f in pooled])
+              for name in EXAMPLE_KEYS if name in pooled[0]}
+    eps_grid = np.asarray(head["eps"], dtype=np.float64)
+    found = {int(index): int(np.argmin(np.abs(eps_grid - float(at))))
+             for index, at in zip(arrays["indices"], arrays["found_eps"], strict=True)}
+    chosen, adversarial_at = select_examples(found, len(eps_grid), nested=nested,
+                                             per_eps=per_eps)
+    rows = [int(np.flatnonzero(arrays["indices"] == index)[0]) for index in chosen]
+    out = {**head, **{name: value[rows] for name, value in arrays.items()}}
+    out["adversarial_at"] = adversarial_at
+    _save(path, out)
+    return path
+
+
 def slug(model: str, domain: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{model}__{domain}")
 

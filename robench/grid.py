@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ from robench.planning import (
     train_key,
 )
 from robench.progress import ProgressDisplay
+from robench.shards import resolve_shard_size, shard_key, shard_ranges
 from robench.store import Store
 from robench.validation import ValidGrid, fingerprints, validate
 from robench.version import __version__
@@ -138,6 +139,11 @@ class Grid:
         self.started = ""
         #: tasks whose stored result this run reused instead of recomputing
         self.reused = 0
+        #: per sharded attack task (key): its shards' keys in sample order, and whether it
+        #: is a preset's member (whose robust masks the next member reads) and nested
+        self.sharded: dict[str, _ShardedTask] = {}
+        #: keys of the jobs this run executed (tasks and shards), in the order they ended
+        self.ran: list[str] = []
 
     def validate(self) -> ValidGrid:
         """Resolve every name and check every parameter before any work starts."""
@@ -184,6 +190,12 @@ class Grid:
         resources = {"gpus": 1} if valid.device.startswith("cuda") else {}
         train: dict[tuple[str, int], Job] = {}
         evaluations: dict[tuple[str, int], list[Job]] = {}
+        from robench.data import subset_indices
+
+        self.sharded = {}
+        # how many samples each dataset's evaluated subset has: what the shards split
+        sizes = {dataset: len(subset_indices(len(bundle.test), self.config.limit))
+                 for dataset, bundle in valid.bundles.items()}
         # plugins registered as Python objects exist only in this process: its tasks too
         portable = self.context.recipe.portable
         for plan, seed in self.units():
@@ -221,22 +233,86 @@ class Grid:
                             "with_class_images": domain == "source"}))
                 keys = {name: attack_key(cfg, attack, evaluated, domain, dataset, self.threads)
                         for name, attack in valid.attacks.items()}
+                n = sizes[dataset]
+                ranges = shard_ranges(n, resolve_shard_size(cfg.shard_size, n))
                 for name, attack in valid.attacks.items():
                     akey = keys[name]
-                    # a preset's member runs on what the member before it left robust
+                    # a preset's member runs on what the member before it left robust, shard
+                    # by shard
                     prior = keys[attack.prior] if attack.prior else ""
-                    jobs.append(Job(
-                        key=akey, task="attack",
-                        label=f"{name} on {plan.name}{self._seed_label(seed, domain)}",
-                        fn=attack_task, resources=resources,
-                        after=(key, prior) if prior else (key,),
-                        needs=needs + ((_relative(masks_file("", prior)),) if prior else ()),
-                        portable=portable,
-                        produces=(_relative(examples_mod.task_file("", akey)),) + (
-                            (_relative(masks_file("", akey)),) if attack.preset else ()),
-                        kwargs={**common, "key": akey, "attack": asdict(attack),
-                                "prior_key": prior}))
+                    shard_keys = [shard_key(akey, a, b, n) for a, b in ranges]
+                    if len(ranges) > 1:
+                        self.sharded[akey] = _ShardedTask(
+                            keys=tuple(shard_keys), preset=bool(attack.preset),
+                            label=f"{name} on {plan.name}{self._seed_label(seed, domain)}",
+                            nested=attack.threat not in ("corruption", "none"))
+                    for i, ((start, stop), skey) in enumerate(zip(ranges, shard_keys,
+                                                                  strict=True)):
+                        where = domain if len(ranges) == 1 else \
+                            f"{domain}, shard {i + 1}/{len(ranges)}"
+                        prior_shard = shard_key(prior, start, stop, n) if prior else ""
+                        jobs.append(Job(
+                            key=skey, task="attack",
+                            label=f"{name} on {plan.name}{self._seed_label(seed, where)}",
+                            fn=attack_task, resources=resources,
+                            after=(key, prior_shard) if prior else (key,),
+                            needs=needs + ((self._prior_masks(prior, prior_shard),)
+                                           if prior else ()),
+                            portable=portable,
+                            produces=(_relative(examples_mod.task_file("", skey)),) + (
+                                (_relative(masks_file("", skey)),) if attack.preset else ()),
+                            kwargs={**common, "key": skey, "attack": asdict(attack),
+                                    "prior_key": prior, "start": start, "stop": stop}))
         return train, evaluations
+
+    def _prior_masks(self, prior: str, prior_shard: str) -> str:
+        """The masks file a preset member's shard reads (relative to the run folder): the
+        previous member's for the same shard, or its task's when that task is already in
+        the store (merged, or run unsharded by an earlier robench)."""
+        done = self.store is not None and self.store.status(prior) == "ok"
+        return _relative(masks_file("", prior if done else prior_shard))
+
+    def _task_of(self, key: str) -> str | None:
+        """The sharded task a job key is a shard of (None: a task of its own)."""
+        task, dot, _ = key.rpartition(".")
+        return task if dot and task in self.sharded else None
+
+    def _settle(self, task: str) -> None:
+        """Store sharded attack task ``task`` from its shards once every one is in: merge
+        their payloads, pool their examples, write its masks for a preset's next member.
+        Until then a failed shard marks the task failed (retried, shard by shard, by the
+        next run)."""
+        from robench.shards import masks_of, merge_payloads
+
+        shards = self.sharded[task]
+        if self.store.status(task) == "ok":
+            return
+        statuses = [self.store.status(k) for k in shards.keys]
+        if all(status == "ok" for status in statuses):
+            payload = merge_payloads([self.store.get(k) for k in shards.keys])
+            examples_mod.merge_task_examples(self.run_dir, task, shards.keys,
+                                             nested=shards.nested)
+            if shards.preset:
+                import io
+
+                import numpy as np
+
+                from robench.io import atomic_write_bytes
+
+                eps, robust = masks_of(payload)
+                buffer = io.BytesIO()
+                np.savez_compressed(buffer, eps=eps, robust=robust)
+                atomic_write_bytes(masks_file(self.run_dir, task), buffer.getvalue())
+            self.store.put(task, kind="attack", label=shards.label, status="ok",
+                           payload=payload)
+            return
+        failed = [k for k, status in zip(shards.keys, statuses, strict=True)
+                  if status == "failed"]
+        if failed:
+            error = (self.store.get(failed[0]) or {}).get("error", "a shard failed")
+            self.store.put(task, kind="attack", label=shards.label, status="failed", payload={
+                "error": f"{len(failed)} of {len(shards.keys)} shards failed; the first: "
+                         f"{error}"})
 
     def run(self) -> pd.DataFrame:
         self.validate()
@@ -248,16 +324,23 @@ class Grid:
         self.started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         executor = self.executor
         train, evaluations = self.jobs()
+        for task in self.sharded:  # a run stopped between a task's last shard and its merge
+            self._settle(task)
+
+        def done(key: str) -> bool:
+            task = self._task_of(key)
+            return self.store.status(key) == "ok" or (
+                task is not None and self.store.status(task) == "ok")
 
         def pending(jobs: Iterable[Job]) -> list[Job]:
             # two models may share one training (an inference defense wraps the model
             # trained without it): each task runs once
             unique = {j.key: j for j in jobs}
-            return [j for j in unique.values() if self.store.status(j.key) != "ok"]
+            return [j for j in unique.values() if not done(j.key)]
 
         units = [(plan.name, seed) for plan, seed in self.units()]
         every = {j.key for unit in units for j in [train[unit], *evaluations[unit]]}
-        self.reused = sum(self.store.status(k) == "ok" for k in every)
+        self.reused = sum(done(k) for k in every)
         if self.reused and self.progress and self.console is not None:
             self.console.print(
                 f"robench: {self.reused} of {len(every)} tasks reused from the store "
@@ -303,6 +386,7 @@ class Grid:
                 if outcome.skipped:  # its model did not train: not stored, retried next time
                     display.advance(f"{job.label} (skipped: its model did not train)", True)
                     continue
+                self.ran.append(job.key)
                 if outcome.ok:
                     self.store.put(job.key, kind=job.task, label=job.label, status="ok",
                                    payload=outcome.result or {})
@@ -311,6 +395,8 @@ class Grid:
                     self.store.put(job.key, kind=job.task, label=job.label, status="failed",
                                    payload={"error": outcome.error,
                                             "traceback": outcome.traceback})
+                if (task := self._task_of(job.key)) is not None:
+                    self._settle(task)
                 display.advance(job.label, outcome.ok, job.task, seconds)
 
     # ------------------------------------------------------------------ outputs
@@ -432,6 +518,16 @@ class Grid:
                     class_images_key=clean_key(cfg, key, "source", cfg.dataset, self.threads),
                     choices=choices,
                     headline=choices[0] if choices and choices[0].role == "headline" else None)
+
+
+@dataclass(frozen=True)
+class _ShardedTask:
+    """An attack task run as several shards (see :mod:`robench.shards`)."""
+
+    keys: tuple[str, ...]
+    preset: bool
+    label: str
+    nested: bool
 
 
 def _relative(path: Path) -> str:

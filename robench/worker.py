@@ -39,6 +39,7 @@ from robench.loading import build_model, load_complete_on
 from robench.memory import run_with_backoff
 from robench.models import count_parameters, fp32_reference
 from robench.planning import AttackPlan, ModelPlan, masks_file, model_files
+from robench.shards import shard_key
 from robench.specs import DatasetBundle
 from robench.store import pack_mask
 from robench.training import TrainSettings, train_model
@@ -204,6 +205,23 @@ def _evaluation_inputs(context: WorkerContext, run_dir: str, config: dict[str, A
     return cfg, model, meta, bundle, x, y
 
 
+def _prior_masks(run_dir: str, prior_key: str, start: int, stop: int, total: int,
+                 device: str) -> dict[float, torch.Tensor]:
+    """Per eps, which of samples ``[start, stop)`` the preset's previous member left robust:
+    from its masks for this very shard, or (a member run unsharded before) its task's."""
+    own = masks_file(run_dir, shard_key(prior_key, start, stop, total))
+    path = own if own.is_file() else masks_file(run_dir, prior_key)
+    with np.load(path, allow_pickle=False) as data:
+        eps, robust = data["eps"], data["robust"]
+    if robust.shape[1] == total and stop - start != total:
+        robust = robust[:, start:stop]
+    if robust.shape[1] != stop - start:
+        raise RuntimeError(f"the masks of {prior_key} cover {robust.shape[1]} samples, not "
+                           f"the {stop - start} of samples {start}-{stop}")
+    return {float(e): torch.from_numpy(np.ascontiguousarray(m)).to(device)
+            for e, m in zip(eps, robust, strict=True)}
+
+
 def clean_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any], key: str,
                plan: dict[str, Any], model_key: str, dataset: str, device: str,
                domain: str = "source", with_class_images: bool = True) -> dict[str, Any]:
@@ -267,13 +285,23 @@ def clean_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any], 
 
 def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any], key: str,
                 plan: dict[str, Any], model_key: str, dataset: str, attack: dict[str, Any],
-                device: str, prior_key: str = "") -> dict[str, Any]:
-    """One attack on one model and domain over the whole eps list of its threat model.
+                device: str, prior_key: str = "", start: int = 0,
+                stop: int | None = None) -> dict[str, Any]:
+    """One attack on one model and domain over the whole eps list of its threat model, on
+    samples ``[start, stop)`` of the evaluated subset (a shard; by default all of them).
 
-    With ``prior_key`` (a preset's member after the first), only the samples that the
-    member before left robust at each eps are attacked: the rows are cumulative."""
+    With ``prior_key`` (the task of a preset's member before this one), only the samples
+    that member left robust at each eps are attacked: the rows are cumulative.  Examples
+    and random streams use the samples' indices in the whole subset, so a shard computes
+    what the same samples compute in any other shard."""
     cfg, model, _meta, bundle, x, y = _evaluation_inputs(context, run_dir, config, plan,
                                                          model_key, dataset, device)
+    total = len(y)
+    stop = total if stop is None else min(int(stop), total)
+    start = min(max(0, int(start)), stop)
+    if (start, stop) != (0, total):
+        x, y = x.rows(start, stop), y[start:stop]
+    sample_ids = torch.arange(start, stop)
     model_name = plan["name"]
     plan = AttackPlan(**attack)  # from here on, the attack's plan
     params = dict(plan.params)
@@ -287,16 +315,14 @@ def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
     attackable = None
     if target_mode is not None:
         target = make_targets(target_mode, y, logits, num_classes=bundle.num_classes,
-                              seed=cfg.seed)
+                              seed=cfg.seed, sample_ids=sample_ids)
         # a sample whose label is the target cannot be pushed "into" it: it is not attacked
         # and keeps its clean outcome
         attackable = target != y
     eps_list = cfg.eps_values(plan.threat)
     start_robust = None
     if prior_key:
-        with np.load(masks_file(run_dir, prior_key), allow_pickle=False) as data:
-            start_robust = {float(e): torch.from_numpy(m).to(device)
-                            for e, m in zip(data["eps"], data["robust"], strict=True)}
+        start_robust = _prior_masks(run_dir, prior_key, start, stop, total, device)
     fitting_key = f"{run_dir}:{model_key}:{device}:{cfg.precision}:{plan.name}"
     start_batch = min(batch, context.fitting_batch.get(fitting_key, batch))
     batches = max(1, -(-int(correct.sum()) // start_batch)) * (
@@ -322,7 +348,8 @@ def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
                 eps_list=eps_list, target=target, attackable=attackable, batch_size=size,
                 seed=cfg.seed, keep_examples=EXAMPLES_PER_ATTACK, on_batch=tick,
                 nested=plan.threat not in ("corruption", "none"), attack_model=attacked,
-                start_robust=start_robust, reference_model=reference),
+                start_robust=start_robust, reference_model=reference,
+                sample_ids=sample_ids),
             start_batch,
         )
     if batch_used < start_batch:
@@ -359,7 +386,7 @@ def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
             pred_adv = model(adv).argmax(1)
         write_task_examples(
             run_dir, key, attack=plan.name, threat=plan.threat, eps=eps_grid,
-            indices=np.asarray(chosen), found_eps=eps_grid[[found[i] for i in chosen]],
+            indices=np.asarray(chosen) + start, found_eps=eps_grid[[found[i] for i in chosen]],
             adversarial_at=adversarial_at, images_clean=x[chosen], images_adv=adv,
             labels=y[chosen], pred_clean=logits[chosen].argmax(1), pred_adv=pred_adv)
     else:  # the file exists either way: executors ship it back as the task's product
@@ -375,7 +402,8 @@ def attack_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
     return {
         "threat": plan.threat, "kind": plan.kind, "black_box": plan.black_box,
         "targeted": target_mode is not None, "target": str(target_mode or ""),
-        "n": len(y), "clean_acc": int(correct.sum()) / len(y),
+        "n": len(y), "clean_acc": int(correct.sum()) / max(1, len(y)),
+        "n_correct": int(correct.sum()), "start": start, "stop": stop,
         "attack_params": getattr(attack_obj, "params", params),
         "examples": len(chosen), "batch_size": batch_used,
         "outcomes": [{

@@ -8,8 +8,10 @@ Every native attack follows the same rules, so they live here once:
 * samples that are already adversarial leave the working batch (early exit, see
   ``working_set``): the harness counts gradient evaluations on the model input, so cost
   follows the samples still robust;
-* randomness comes from the global torch RNG (seeded per task by the harness) unless the
-  attack was built with ``seed=``, in which case a private generator is used.
+* randomness comes from the harness's per-sample streams (:mod:`robench.streams`: a
+  sample's noise does not depend on its batch or shard), from the global torch RNG (seeded
+  per batch by the harness) for draws not shaped per sample, or from a private generator
+  when the attack was built with ``seed=``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import robench
+from robench import streams
 
 Tensor = torch.Tensor
 LossFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
@@ -121,10 +124,15 @@ def choice(value: str, options: tuple[str, ...], *, name: str, attack: str) -> s
 
 
 class Rng:
-    """The global torch RNG, or a private generator per device when a seed is given.
+    """Where a native attack's random numbers come from.
 
-    The private generator keeps its state across calls, so successive batches draw
-    different noise while the whole run stays reproducible.
+    Built with a seed: a private generator per device, which keeps its state across calls
+    (successive batches draw different noise; the numbers depend on batch order).  Without
+    one, inside the harness: a draw whose first dimension is the current batch's row count
+    comes from the rows' per-sample streams (:mod:`robench.streams`), so a sample's noise is
+    the same in any batch or shard; other draws, and draws outside the harness, come from
+    the global torch generator (which the harness seeds per batch).  An attack working on
+    a part of its batch narrows the streams to it with :func:`robench.streams.rows`.
     """
 
     def __init__(self, seed: int | None) -> None:
@@ -139,15 +147,27 @@ class Rng:
             self._generators[key] = torch.Generator(device=device).manual_seed(int(self.seed))
         return self._generators[key]
 
+    def _streams(self, shape: tuple[int, ...] | torch.Size) -> streams.SampleStreams | None:
+        if self.seed is not None or not len(shape):
+            return None
+        current = streams.current()
+        return current if current is not None and len(current) == int(shape[0]) else None
+
     def rand(self, shape: tuple[int, ...] | torch.Size, like: Tensor) -> Tensor:
+        if (rows := self._streams(shape)) is not None:
+            return rows.rand(shape, device=like.device, dtype=like.dtype)
         return torch.rand(shape, generator=self.generator(like.device), device=like.device,
                           dtype=like.dtype)
 
     def randn(self, shape: tuple[int, ...] | torch.Size, like: Tensor) -> Tensor:
+        if (rows := self._streams(shape)) is not None:
+            return rows.randn(shape, device=like.device, dtype=like.dtype)
         return torch.randn(shape, generator=self.generator(like.device), device=like.device,
                            dtype=like.dtype)
 
     def randint(self, low: int, high: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
+        if (rows := self._streams(shape)) is not None:
+            return rows.randint(low, high, shape, device=device)
         return torch.randint(low, high, shape, generator=self.generator(device), device=device)
 
 

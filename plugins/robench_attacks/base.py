@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from robench import streams
+
 from robench_attacks._core import Tensor, check_batch, check_eps
 from robench_attacks.working_set import compact_interval
 
@@ -86,7 +88,8 @@ def run_restarts(
     for restart in range(restarts):
         if remaining.numel() == 0:
             break
-        adv, fooled = run_once(remaining, restart == restarts - 1)
+        with streams.rows(remaining):  # the per-sample noise of the samples attacked
+            adv, fooled = run_once(remaining, restart == restarts - 1)
         out[remaining] = adv
         seen[remaining] = fooled
         remaining = remaining[~fooled]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import robench
+from robench import streams
 from robench_attacks._core import (
     Rng,
     Tensor,
@@ -64,7 +65,8 @@ class Noise(BoundedAttack):
         seen = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         idx = torch.arange(x.shape[0], device=x.device)
         for draw in range(self.draws):
-            candidate = self._draw(x[idx], radius)
+            with streams.rows(idx):
+                candidate = self._draw(x[idx], radius)
             out[idx] = candidate
             if draw == self.draws - 1:
                 break  # the last draw is not queried: the harness verifies it

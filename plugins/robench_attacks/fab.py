@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import robench
+from robench import streams
 from robench_attacks._core import (
     Rng,
     Tensor,
@@ -186,7 +187,11 @@ class FAB(NativeAttack):
                         else radius if radius is not None else _RESTART_RADIUS[self.norm])
         for aim in self._aims(logits0, y0):
             for restart in range(self.restarts):
-                x_start = x0 if restart == 0 else self._random_start(x0, best_norm, start_radius)
+                if restart == 0:
+                    x_start = x0
+                else:
+                    with streams.rows(todo):
+                        x_start = self._random_start(x0, best_norm, start_radius)
                 self._run(model, x0, y0, aim, x_start, best, best_norm)
         if radius is not None:  # a numeric eps: keep only the adversarials within it
             best = torch.where(per_sample(best_norm > radius), x0, best)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import robench
+from robench import streams
 from robench_attacks._core import (
     LOSSES,
     LossFn,
@@ -442,8 +443,9 @@ class APGDT(APGD):
             for _ in range(self.restarts):
                 if remaining.numel() == 0:
                     return out
-                adv, fooled = self._run(model, x[remaining], y[remaining], None, radius,
-                                        loss_target=targets[remaining, j])
+                with streams.rows(remaining):
+                    adv, fooled = self._run(model, x[remaining], y[remaining], None, radius,
+                                            loss_target=targets[remaining, j])
                 out[remaining] = adv
                 seen[remaining] = fooled
                 remaining = remaining[~fooled]
