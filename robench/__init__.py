@@ -65,6 +65,7 @@ PUBLIC_MODULES: tuple[str, ...] = (
     "robench.models",
     "robench.protocols",
     "robench.results",
+    "robench.streams",
     "robench.testing",
 )
 

@@ -400,7 +400,7 @@ def run_attack_cascade(
     # samples this attack counts as fooled whose example the reference model did not confirm
     # (kept across eps: a sample fooled at a smaller eps stays fooled at the larger ones)
     unconfirmed = torch.zeros_like(clean_correct)
-    for k, eps in enumerate(eps_list):
+    for eps in eps_list:
         counting.reset()
         start = time.perf_counter()
         if not nested:

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from robench import streams
-
 from robench_attacks._core import Tensor, check_batch, check_eps
 from robench_attacks.working_set import compact_interval
 
