@@ -28,6 +28,7 @@ import pytest
 from grids import TINY_GRID
 
 import robench
+from robench.grid import Grid
 from robench.shards import (
     merge_payloads,
     resolve_shard_size,
@@ -74,9 +75,10 @@ def _masks(run_dir: Path) -> dict[tuple[str, float], np.ndarray]:
     """Per attack task (its label) and eps, the per-sample robust mask the store holds."""
     db = sqlite3.connect(run_dir / "results.sqlite")
     out = {}
-    for label, payload in db.execute("SELECT label, payload FROM tasks WHERE kind='attack'"):
+    for key, label, payload in db.execute(
+            "SELECT key, label, payload FROM tasks WHERE kind='attack'"):
         data = json.loads(payload)
-        if "outcomes" not in data or "." in label:
+        if "outcomes" not in data or "." in key:  # a shard: its task holds its samples
             continue
         for outcome in data["outcomes"]:
             out[(label, float(outcome["eps"]))] = unpack_mask(outcome["robust"], data["n"])
@@ -85,12 +87,12 @@ def _masks(run_dir: Path) -> dict[tuple[str, float], np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, robench.Grid]]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Grid]]:
     """The grid unsharded, and at shard sizes 32 and 64 on every executor."""
     pytest.importorskip("ray")
     out = tmp_path_factory.mktemp("shards")
     host = _host()
-    grids: dict[str, tuple[Path, robench.Grid]] = {}
+    grids: dict[str, tuple[Path, Grid]] = {}
     plans = [("whole", 100, "inprocess")] + [
         (f"s{size}-{executor}", size, executor)
         for size in (32, 64) for executor in EXECUTORS]
@@ -98,7 +100,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, robe
         config = robench.config.build_config(
             {**GRID, "name": name, "out": str(out), "shard_size": size,
              "executor": EXECUTORS[executor]})
-        grid = robench.Grid(config, host=host)
+        grid = Grid(config, host=host)
         grid.run()
         grids[name] = (out / name, grid)
     return grids
@@ -150,7 +152,7 @@ def test_an_unsharded_store_resumes_without_recomputing(runs, tmp_path: Path) ->
     config = robench.config.build_config(
         {**GRID, "name": "whole", "out": str(tmp_path), "shard_size": 32,
          "executor": EXECUTORS["inprocess"]})
-    grid = robench.Grid(config)
+    grid = Grid(config)
     grid.run()
     assert grid.ran == []  # every task was in the store, unsharded
     assert grid.reused == len(grid.sharded) * 4 + 2  # shards of stored tasks, train, clean
@@ -164,7 +166,7 @@ def test_an_unsharded_store_resumes_without_recomputing(runs, tmp_path: Path) ->
     store.db.execute("DELETE FROM tasks WHERE key=?", (member,))
     store.db.commit()
     store.close()
-    again = robench.Grid(config)
+    again = Grid(config)
     again.run()
     assert sorted(again.ran) == sorted(grid.sharded[member].keys)
     pd.testing.assert_frame_equal(_rows(pd.read_csv(copy / "results.csv")),
@@ -173,10 +175,10 @@ def test_an_unsharded_store_resumes_without_recomputing(runs, tmp_path: Path) ->
 
 # --------------------------------------------------------------------------- kill -9
 
-#: a slower grid for the kill: PGD with 40 steps over 8 shards of 24 samples
+#: a slower grid for the kill: PGD with 200 steps over 8 shards of 24 samples (seconds each)
 KILL_GRID: dict[str, Any] = {
     **TINY_GRID, "limit": 192, "class_images": 0, "attacks": ["pgd"],
-    "attack": {"pgd": {"steps": 40}}, "shard_size": 24,
+    "eps": {"linf": ["2/255", "8/255"]}, "attack": {"pgd": {"steps": 200}}, "shard_size": 24,
 }
 
 
@@ -221,11 +223,11 @@ def test_a_worker_killed_mid_task_costs_only_its_shard(tmp_path: Path) -> None:
     config_file = tmp_path / "grid.toml"
     lines = [f"{k} = {json.dumps(v)}" for k, v in KILL_GRID.items()
              if not isinstance(v, dict)]
-    lines += ['[eps]', 'linf = ["2/255", "8/255"]', '[attack.pgd]', 'steps = 40',
+    lines += ['[eps]', 'linf = ["2/255", "8/255"]', '[attack.pgd]', 'steps = 200',
               '[executor.local]', 'workers = 2']
     config_file.write_text("\n".join(lines) + "\n")
     run_dir = tmp_path / "kill"
-    command = [sys.executable, "-m", "robench.cli", "grid", "--config", str(config_file),
+    command = [sys.executable, "-m", "robench.cli", "grid", str(config_file),
                "--name", "kill", "--out", str(tmp_path), "--quiet"]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
@@ -234,12 +236,14 @@ def test_a_worker_killed_mid_task_costs_only_its_shard(tmp_path: Path) -> None:
         while time.monotonic() < deadline:  # wait until the attack's shards are under way
             if sum(s == "ok" for s in _stored(run_dir).values()) >= 2:
                 break
+            if driver.poll() is not None:
+                pytest.fail(f"the grid ended before the kill: {driver.communicate()[1]}")
             time.sleep(0.2)
         else:
             pytest.fail("no shard was stored within 4 minutes")
         workers = _children(driver.pid)
         before = {pid: _cpu_ticks(pid) for pid in workers}
-        time.sleep(0.5)
+        time.sleep(0.3)
         busy = [pid for pid in workers if _cpu_ticks(pid) > before[pid] >= 0]
         assert busy, "no worker was computing"
         os.kill(busy[0], signal.SIGKILL)
@@ -254,16 +258,16 @@ def test_a_worker_killed_mid_task_costs_only_its_shard(tmp_path: Path) -> None:
     assert len(missing) == 1
 
     config = robench.config.build_config(
-        {**KILL_GRID, "eps": {"linf": ["2/255", "8/255"]}, "name": "kill",
-         "out": str(tmp_path), "executor": {"local": {"workers": 2}}})
-    resumed = robench.Grid(config)
+        {**KILL_GRID, "name": "kill", "out": str(tmp_path),
+         "executor": {"local": {"workers": 2}}})
+    resumed = Grid(config)
     resumed.run()
     assert resumed.ran == missing  # only the shard in flight ran again
     assert set(pd.read_csv(run_dir / "results.csv")["status"]) == {"ok"}
 
-    reference = robench.Grid(robench.config.build_config(
-        {**KILL_GRID, "eps": {"linf": ["2/255", "8/255"]}, "name": "reference",
-         "out": str(tmp_path), "executor": {"local": {"workers": 2}}}))
+    reference = Grid(robench.config.build_config(
+        {**KILL_GRID, "name": "reference", "out": str(tmp_path),
+         "executor": {"local": {"workers": 2}}}))
     reference.run()
     pd.testing.assert_frame_equal(_rows(pd.read_csv(run_dir / "results.csv")),
                                   _rows(pd.read_csv(tmp_path / "reference" / "results.csv")))
