@@ -310,9 +310,21 @@ class Grid:
                   if status == "failed"]
         if failed:
             error = (self.store.get(failed[0]) or {}).get("error", "a shard failed")
-            self.store.put(task, kind="attack", label=shards.label, status="failed", payload={
-                "error": f"{len(failed)} of {len(shards.keys)} shards failed; the first: "
-                         f"{error}"})
+            if len(failed) < len(shards.keys):
+                error += (f" ({len(failed)} of {len(shards.keys)} shards failed; the others "
+                          f"are stored, and a rerun runs only the failed ones)")
+            self.store.put(task, kind="attack", label=shards.label, status="failed",
+                           payload={"error": error})
+
+    def _drop_shard_files(self) -> None:
+        """The shards' example and mask files of every merged task: the task's own files
+        hold what they held (kept while the task is unfinished: its next run needs them)."""
+        for task, shards in self.sharded.items():
+            if self.store.status(task) != "ok":
+                continue
+            for key in shards.keys:
+                examples_mod.task_file(self.run_dir, key).unlink(missing_ok=True)
+                masks_file(self.run_dir, key).unlink(missing_ok=True)
 
     def run(self) -> pd.DataFrame:
         self.validate()
@@ -339,8 +351,10 @@ class Grid:
             return [j for j in unique.values() if not done(j.key)]
 
         units = [(plan.name, seed) for plan, seed in self.units()]
-        every = {j.key for unit in units for j in [train[unit], *evaluations[unit]]}
-        self.reused = sum(done(k) for k in every)
+        # tasks, not shards: a sharded task counts once, when it is complete
+        every = {self._task_of(j.key) or j.key
+                 for unit in units for j in [train[unit], *evaluations[unit]]}
+        self.reused = sum(self.store.status(k) == "ok" for k in every)
         if self.reused and self.progress and self.console is not None:
             self.console.print(
                 f"robench: {self.reused} of {len(every)} tasks reused from the store "
@@ -358,6 +372,7 @@ class Grid:
             self._execute(executor, pending(
                 job for unit in units if self.store.status(train[unit].key) == "ok"
                 for job in evaluations[unit]), "evaluation")
+        self._drop_shard_files()
         results = self.results()
         self.write_outputs(results)
         # the decoded subsets validation left for the tasks (file-backed datasets): every

@@ -48,6 +48,8 @@ def test_oom_backoff_and_the_batch_each_model_keeps(tmp_path) -> None:
         "backbones": ["digits-cnn"], "heads": ["linear"], "adaptors": ["none"],
         "attacks": ["hungry", "fgsm"], "eps": {"linf": ["2/255", "8/255"]}, "limit": 80,
         "epochs": 2, "eval_batch_size": 64, "reporters": ["csv"],
+        # one shard per task: a batch of 64 needs a shard of 64 samples or more
+        "shard_size": 80,
         # MemoryHungry records the batches it saw in this process: run the tasks here
         "executor": {"local": {"workers": 1}},
     }, host=host)

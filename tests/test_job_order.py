@@ -51,7 +51,8 @@ def _plugin() -> types.ModuleType:
 
 GRID = {"dataset": "digits", "target": "none", "backbones": ["broken", "digits-cnn"],
         "heads": ["linear", "mlp"], "adaptors": ["none"], "attacks": ["fgsm"],
-        "eps": {"linf": ["8/255"]}, "limit": 40, "epochs": 1, "reporters": ["csv"]}
+        "eps": {"linf": ["8/255"]}, "limit": 40, "epochs": 1, "reporters": ["csv"],
+        "shard_size": 40}  # one job per task: the order of tasks is what is tested
 
 
 def _run(tmp_path: Path, executor: str) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
