@@ -3,8 +3,10 @@
 The model and the data may live only in memory; they reach the grid as two plugins made for
 the call (a complete model ``memory:model`` and, for tensors, a dataset ``memory:data``), so
 the evaluation is exactly the grid's: the eps cascade, verification of every example,
-worst-case rows and sanity flags.  Such plugins exist only in this process, so the grid runs
-its tasks here (one worker).
+worst-case rows and sanity flags.  When the model's class (and a Classifier's, if given)
+imports by name in another process, the plugin is pickled once into the run folder and the
+attacks' shards run on worker processes, one per core; a model defined in a notebook or
+in ``__main__`` keeps the whole evaluation in this process (one worker).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import numbers
 import shutil
 import tempfile
-import types
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,30 +29,49 @@ MEMORY_MODEL = "memory:model"
 MEMORY_DATA = "memory:data"
 
 
-def _memory_plugin(model: Any, data: tuple[Any, Any] | None, *, num_classes: int | None,
-                   class_names: Sequence[str]) -> types.ModuleType:
-    plugin = types.ModuleType("robench_memory")
+class _MemoryPlugin:
+    """The model (and tensors) given to :func:`evaluate`, as a plugin object.  It pickles
+    with them, so worker processes of this machine can rebuild it when the model's class
+    imports by name there (see :meth:`robench.PluginHost.share_objects`)."""
 
-    def classifier() -> Classifier:
-        return model if isinstance(model, Classifier) else Classifier(
-            module=model, num_classes=int(num_classes or 0), class_names=tuple(class_names))
+    __name__ = "robench_memory"
 
-    plugin.robench_register_models = hookimpl(lambda: [ModelSpec(
-        name=MEMORY_MODEL, factory=classifier, source="an nn.Module passed to evaluate()",
-        description="the model given to robench.evaluate")])
-    if data is not None:
-        images, labels = data
+    def __init__(self, model: Any, data: tuple[Any, Any] | None, *, num_classes: int | None,
+                 class_names: Sequence[str]) -> None:
+        self.model, self.data = model, data
+        self.num_classes, self.class_names = num_classes, tuple(class_names)
+
+    def classifier(self) -> Classifier:
+        return self.model if isinstance(self.model, Classifier) else Classifier(
+            module=self.model, num_classes=int(self.num_classes or 0),
+            class_names=self.class_names)
+
+    def bundle(self) -> DatasetBundle:
+        images, labels = self.data
         split = TensorSplit(images, labels)
+        num_classes = int(self.num_classes)
+        return DatasetBundle(
+            name=MEMORY_DATA, num_classes=num_classes, image_size=int(images.shape[-1]),
+            in_chans=int(images.shape[1]), train=split, test=split,
+            class_names=self.class_names or tuple(str(i) for i in range(num_classes)))
 
-        def bundle() -> DatasetBundle:
-            return DatasetBundle(
-                name=MEMORY_DATA, num_classes=int(num_classes), image_size=int(images.shape[-1]),
-                in_chans=int(images.shape[1]), train=split, test=split,
-                class_names=tuple(class_names) or tuple(str(i) for i in range(num_classes)))
+    @hookimpl
+    def robench_register_models(self) -> list[ModelSpec]:
+        return [ModelSpec(name=MEMORY_MODEL, factory=self.classifier,
+                          source="an nn.Module passed to evaluate()",
+                          description="the model given to robench.evaluate")]
 
-        plugin.robench_register_datasets = hookimpl(lambda: [DatasetSpec(
-            name=MEMORY_DATA, factory=bundle, description="tensors given to evaluate()")])
-    return plugin
+    @hookimpl
+    def robench_register_datasets(self) -> list[DatasetSpec]:
+        if self.data is None:
+            return []
+        return [DatasetSpec(name=MEMORY_DATA, factory=self.bundle,
+                            description="tensors given to evaluate()")]
+
+
+def _memory_plugin(model: Any, data: tuple[Any, Any] | None, *, num_classes: int | None,
+                   class_names: Sequence[str]) -> _MemoryPlugin:
+    return _MemoryPlugin(model, data, num_classes=num_classes, class_names=class_names)
 
 
 def _is_budget(value: Any) -> bool:
@@ -146,10 +166,16 @@ def evaluate(
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="robench-"))
     config: dict[str, Any] = {
         "name": name, "dataset": dataset_name, "target": "none", "models": [MEMORY_MODEL],
+        # nothing is trained, so nothing is adapted (digits' showcase default adds dann,
+        # which needs a target: evaluate(model, "digits") was refused for it)
+        "adaptors": ["none"],
         "attacks": list(attacks), "limit": limit if limit is not None else 0, "seed": seed,
         "device": device, "out": str(folder),
         "reporters": list(reporters) if out else ["csv"],
-        "executor": {"local": {"workers": 1}},
+        # the model travels to worker processes when its class imports by name there (a
+        # module's, not a notebook's): its attack's shards then run on every core
+        "executor": {"local": {} if host.share_objects(folder / name / "plugins")
+                     else {"workers": 1}},
     }
     if eps_table:
         config["eps"] = eps_table

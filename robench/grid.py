@@ -6,7 +6,9 @@ before any work), :mod:`robench.planning` (models, tasks and their keys),
 (results and worst-case rows from the store), :mod:`robench.examples` (report images) and
 :mod:`robench.progress`.  Each model's clean and attack tasks depend on its training task
 (``Job.after``); an executor that ignores dependencies gets two phases, all training and then
-all evaluation.  Every finished task is one transaction in the store, so a resumed run and an
+all evaluation.  An attack task runs as shards of consecutive samples (:mod:`robench.shards`),
+jobs of their own that the driver merges into the task when the last one is in.  Every
+finished task and shard is one transaction in the store, so a resumed run and an
 uninterrupted run write the same ``results.csv``.
 """
 

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -108,6 +109,10 @@ class HostRecipe:
     modules: tuple[str, ...] = ()
     blocked: tuple[str, ...] = ()
     portable: bool = True
+    #: plugins registered as objects and shared with worker processes of this machine
+    #: (:meth:`PluginHost.share_objects`): the file they were pickled to, and its sha256
+    shared: str = ""
+    shared_sha256: str = ""
 
     def build(self) -> PluginHost:
         if not self.portable:
@@ -116,9 +121,24 @@ class HostRecipe:
                 "cannot be rebuilt in another process. Register them through an entry point "
                 "or as an importable module, or run the grid in one process (workers = 1)."
             )
-        plugins = [importlib.import_module(name) for name in self.modules]
+        plugins: list[object] = [importlib.import_module(name) for name in self.modules]
+        if self.shared:
+            plugins += _load_shared(self.shared, self.shared_sha256)
         return PluginHost.create(entry_points=self.entry_points, plugins=plugins,
                                  blocked=self.blocked)
+
+
+def _load_shared(path: str, sha256: str) -> list[object]:
+    """The plugin objects the driver pickled to ``path``: read only if the file is the one
+    the driver wrote (its sha256 travels with the recipe, never with the file)."""
+    import hashlib
+    import pickle
+
+    blob = Path(path).read_bytes()
+    if hashlib.sha256(blob).hexdigest() != sha256:
+        raise PluginError(f"The shared plugin file {path!r} changed after the driver wrote it; "
+                          f"rerun the grid.")
+    return list(pickle.loads(blob))  # noqa: S301 - written by this run's driver, hash-checked
 
 
 def _recipe(entry_points: bool, plugins: Sequence[object], blocked: Iterable[str]) -> HostRecipe:
@@ -140,6 +160,8 @@ class PluginHost:
     def __init__(self, pm: pluggy.PluginManager, recipe: HostRecipe | None = None) -> None:
         self.pm = pm
         self.recipe = recipe or HostRecipe(portable=False)
+        #: plugins registered as objects, not importable modules (see share_objects)
+        self._objects: list[object] = []
         self._registry: dict[str, dict[str, PluginSpec]] = {}
         self._fingerprints: dict[str, str] = {}
         self._distributions: dict[str, str] | None = None
@@ -153,9 +175,38 @@ class PluginHost:
         blocked: Iterable[str] = (),
     ) -> PluginHost:
         plugins, blocked = list(plugins), list(blocked)
-        return cls(build_plugin_manager(entry_points=entry_points, plugins=plugins,
+        host = cls(build_plugin_manager(entry_points=entry_points, plugins=plugins,
                                         blocked=blocked),
                    _recipe(entry_points, plugins, blocked))
+        host._objects = [p for p in plugins if p.__class__ is not ModuleType or
+                         p.__name__ not in host.recipe.modules]
+        return host
+
+    def share_objects(self, folder: str | Path) -> bool:
+        """Let worker processes of this machine rebuild this host although plugins were
+        registered as objects: pickle them to a file in ``folder``, which the recipe names
+        with its sha256.  Only objects that pickle and whose classes import by name in
+        another process qualify (not a module made on the fly, not a class of ``__main__``
+        or of a notebook).  Returns whether the host is now portable."""
+        import hashlib
+        import pickle
+
+        if self.recipe.portable:
+            return True
+        try:
+            blob = pickle.dumps(self._objects)
+        except Exception:  # noqa: BLE001 - a lambda, a local class, an open file: not shared
+            return False
+        if b"__main__" in blob or b"__mp_main__" in blob:
+            return False
+        path = Path(folder) / "plugins.pickle"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from robench.io import atomic_write_bytes
+
+        atomic_write_bytes(path, blob)
+        self.recipe = replace(self.recipe, portable=True, shared=str(path),
+                                          shared_sha256=hashlib.sha256(blob).hexdigest())
+        return True
 
     # ------------------------------------------------------------------ registry
 

@@ -1,4 +1,4 @@
-"""The run store: ``results.sqlite``, one transaction per finished task.
+"""The run store: ``results.sqlite``, one transaction per finished task or shard.
 
 A task (training a model, a clean pass, an attack over its eps list) is keyed by a hash of
 everything that determines its numbers; rerunning the same grid skips the keys already here,

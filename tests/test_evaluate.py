@@ -39,6 +39,21 @@ def small_cnn(num_classes: int = 10) -> nn.Module:
         nn.Flatten(), nn.Linear(16 * 7 * 7, num_classes))
 
 
+class Recording(nn.Module):
+    """A model that appends the id of the process running each forward pass to a file."""
+
+    def __init__(self, model: nn.Module, path: str) -> None:
+        super().__init__()
+        self.model, self.path = model, path
+
+    def forward(self, x):
+        import os
+
+        with open(self.path, "a") as handle:
+            handle.write(f"{os.getpid()} ")
+        return self.model(x)
+
+
 def trained(path: str, num_classes: int = 10) -> nn.Module:
     from safetensors.torch import load_file
 
@@ -108,6 +123,34 @@ def test_evaluate_an_in_memory_model_equals_the_same_model_through_py(trained_pa
     pd.testing.assert_frame_equal(_numbers(in_memory), _numbers(through_py))
 
 
+def test_evaluate_runs_a_models_shards_on_worker_processes(trained_package, tmp_path):
+    """A model whose class imports by name is pickled into the run folder once and its
+    attacks' shards run on a worker per core; a model that cannot travel (a class local to
+    this function) is evaluated in this process.  Same numbers either way."""
+    import os
+
+    from evalpkg.nets import Recording  # noqa: PLC0415
+
+    _, model = trained_package
+    shared, alone = tmp_path / "shared.pids", tmp_path / "alone.pids"
+
+    class Local(nn.Module):  # not importable by name: stays in this process
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Recording(model, str(alone))
+
+        def forward(self, x):
+            return self.inner(x)
+
+    common = {"attacks": ATTACKS, "eps": EPS, "limit": 120, "dataset_params": MNIST}
+    on_workers = robench.evaluate(Recording(model, str(shared)), "mnist", **common)
+    in_process = robench.evaluate(Local(), "mnist", **common)
+    workers = set(shared.read_text().split()) - {str(os.getpid())}
+    assert len(workers) == 2, workers  # both cores took shards (limit 120: 4 shards a task)
+    assert set(alone.read_text().split()) == {str(os.getpid())}
+    pd.testing.assert_frame_equal(_numbers(on_workers), _numbers(in_process))
+
+
 def test_evaluate_on_tensors_and_with_an_output_folder(trained_package, tmp_path):
     _, model = trained_package
     bundle = robench.PluginHost.create().build("dataset", "mnist", **MNIST)
@@ -175,3 +218,15 @@ def test_plugins_lists_the_model_namespaces_with_where_they_load_from():
     for name in ("timm:*", "robustbench:*", "file:*", "py:*"):
         assert name in result.output
     assert "model_dir" in result.output or "RobustBench" in result.output
+
+
+def test_evaluate_on_digits_needs_no_target(tmp_path):
+    """digits' showcase defaults add the dann adaptor, which needs a target domain: a
+    complete model trains nothing, so evaluate() must not inherit it (it was refused)."""
+    bundle = robench.PluginHost.create().build("dataset", "digits")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(
+        bundle.in_chans * bundle.image_size ** 2, bundle.num_classes)).eval()
+    rows = robench.evaluate(model, "digits", attacks=["fgsm"], limit=20)
+    assert set(rows.model) == {"memory:model"} and set(rows.status) == {"ok"}
+    assert set(rows.adaptor.fillna("none")) <= {"none", ""}
