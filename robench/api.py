@@ -116,6 +116,9 @@ def evaluate(
     attack_params: Mapping[str, Mapping[str, Any]] | None = None,
     dataset_params: Mapping[str, Any] | None = None,
     reporters: Sequence[str] = ("csv", "md", "html", "json"),
+    shard_size: int | str = "auto",
+    executor: str = "local",
+    executor_params: Mapping[str, Any] | None = None,
 ) -> Any:
     """Evaluate an in-memory classifier; returns the rows of ``results.csv`` (a DataFrame).
 
@@ -126,7 +129,10 @@ def evaluate(
     (``{"linf": ["8/255"], "l2": [0.5]}``); a list (``["4/255", "8/255"]``) or a single
     budget (``"8/255"``, ``0.03``) is Linf.  With ``out``, the run folder ``out/name`` keeps
     the store and the reports (rerunning resumes); without, they are written to a temporary
-    folder that is removed.
+    folder that is removed.  ``shard_size`` splits each attack into jobs of that many samples
+    (config key ``shard_size``); ``executor`` and ``executor_params`` run them (by default
+    the ``local`` executor, one worker per core when the model's class imports by name in
+    a worker process, else in this process).
     """
     from robench.config import build_config
 
@@ -174,9 +180,17 @@ def evaluate(
         "reporters": list(reporters) if out else ["csv"],
         # the model travels to worker processes when its class imports by name there (a
         # module's, not a notebook's): its attack's shards then run on every core
-        "executor": {"local": {} if host.share_objects(folder / name / "plugins")
-                     else {"workers": 1}},
+        "executor": {executor: dict(executor_params or {})},
+        "shard_size": shard_size,
     }
+    if not host.share_objects(folder / name / "plugins"):
+        if executor != "local":
+            raise UsageError(
+                f"evaluate(): the {executor} executor runs tasks in other processes, and this "
+                f"model cannot travel there: its class does not import by name (defined in a "
+                f"notebook or in __main__?). Move it to an importable module, or use the "
+                f"local executor.")
+        config["executor"]["local"]["workers"] = 1
     if eps_table:
         config["eps"] = eps_table
     if attack_params:
