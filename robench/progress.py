@@ -15,6 +15,7 @@ still for minutes without saying why.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ _BAR = (8, 30)
 #: seconds between two computations of the time left on a terminal's line
 _ESTIMATE_EVERY = 1.0
 _ELLIPSIS = "…"
+#: a shard's job label ends ``[source, shard 2/8]``
+_SHARD = re.compile(r", shard \d+/\d+\]$")
 
 
 def _now() -> str:
@@ -173,6 +176,8 @@ class ProgressDisplay:
         self.enabled = enabled
         self.heartbeat = heartbeat
         self.total = len(jobs)
+        #: jobs that are shards of an attack task (counted, and timed, one by one)
+        self.shards = sum(bool(_SHARD.search(str(getattr(job, "label", "")))) for job in jobs)
         self.phase = phase
         self.console = console
         self.workers = workers
@@ -190,12 +195,15 @@ class ProgressDisplay:
         self.live: Any = None
 
     def header(self) -> str:
-        """``66 tasks on 2 workers, 1 torch thread each``."""
+        """``66 tasks on 2 workers, 1 torch thread each``; with shards ``402 jobs (320 of
+        them attack shards) on ...``: the counts and the time left are per job."""
         where = (f"on {_plural(self.workers, 'worker')}" if self.workers
                  else "on the executor's workers")
         threads = f", {_plural(self.threads, 'torch thread')} each" if self.threads else ""
         phase = "" if self.phase == "grid" else f"{self.phase}: "
-        return f"robench: {phase}{_plural(self.total, 'task')} {where}{threads}"
+        count = _plural(self.total, "task") if not self.shards else (
+            f"{_plural(self.total, 'job')} ({self.shards} of them attack shards)")
+        return f"robench: {phase}{count} {where}{threads}"
 
     def __enter__(self) -> ProgressDisplay:
         if not self.enabled:

@@ -326,3 +326,19 @@ def test_a_bad_shard_size_is_refused_in_one_paragraph(value: str) -> None:
         robench.config.build_config({}, shard_size=value)
     assert robench.config.build_config({}, shard_size="48").shard_size == 48
     assert robench.config.build_config({}).shard_size == "auto"
+
+
+def test_progress_counts_jobs_and_says_how_many_are_shards() -> None:
+    from robench.progress import ProgressDisplay
+
+    def job(key: str, label: str) -> robench.Job:
+        return robench.Job(key=key, task="attack", label=label, fn=dict)
+
+    jobs = [job("t", "train digits-cnn+linear+none"),
+            *(job(f"a.{i}", f"pgd on digits-cnn+linear+none [source, shard {i}/3]")
+              for i in (1, 2, 3))]
+    display = ProgressDisplay(True, jobs, "grid", None, 2, threads=1)
+    assert display.header() == ("robench: 4 jobs (3 of them attack shards) on 2 workers, "
+                                "1 torch thread each")
+    assert ProgressDisplay(True, jobs[:1], "grid", None, 2, threads=1).header() == \
+        "robench: 1 task on 2 workers, 1 torch thread each"
