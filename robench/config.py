@@ -404,8 +404,13 @@ def build_config(data: Mapping[str, Any] | None = None, **overrides: Any) -> Gri
                 )
             config.params[key] = {str(k): dict(v) for k, v in value.items()}
             continue
-        if key not in _FIELD_TYPES or key == "params":
-            hint = closest(key, known)
+        if key == "params":
+            raise UsageError(
+                f"Config key 'params' is not a table of its own: plugin parameters go in "
+                f"top-level tables named by kind ({', '.join(sorted(PARAM_TABLES))}), such as "
+                f"[data.mnist] in TOML or {{'data': {{'mnist': {{...}}}}}} in Python.")
+        if key not in _FIELD_TYPES:
+            hint = closest(key, [k for k in known if k != "params"])
             raise UsageError(
                 f"Unknown config key {key!r}"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "")

@@ -48,7 +48,7 @@ from robench.planning import (
 from robench.progress import ProgressDisplay
 from robench.shards import resolve_shard_size, shard_key, shard_ranges
 from robench.store import Store
-from robench.validation import ValidGrid, fingerprints, validate
+from robench.validation import ValidGrid, fingerprints, validate, with_dataset_formats
 from robench.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover - pandas and torch load only when a grid runs
@@ -117,8 +117,9 @@ class Grid:
 
     def __init__(self, config: GridConfig, *, host: PluginHost | None = None,
                  progress: bool = False, console: Any = None) -> None:
-        self.config = config
         self.host = host or PluginHost.create()
+        #: the grid's config, with the source dataset in the target's format where needed
+        self.config = config = with_dataset_formats(config, self.host)
         self.context = WorkerContext.create(self.host)
         self.progress = progress
         self.console = console
@@ -457,13 +458,14 @@ class Grid:
         }
 
     def dataset_provenance(self) -> dict[str, Any]:
-        """Per dataset: what its plugin says of it (source, split, file hash) and a hash of
-        the evaluated subset, so numbers from two machines can be checked to be comparable."""
+        """Per dataset: what its plugin says of it (source, split, file hash), the images it
+        serves (``input``: ``1x28x28 grey``) and a hash of the evaluated subset, so numbers from two machines can be checked to be comparable."""
         from robench.data import subset_indices
 
         out = {}
         for dataset, bundle in (self.valid.bundles.items() if self.valid else ()):
             out[dataset] = {"info": dict(bundle.info),
+                            "input": bundle.input_format,
                             "evaluated": len(subset_indices(len(bundle.test),
                                                             self.config.limit)),
                             "subset_sha256": self.valid.subset_sha256[dataset]}

@@ -515,12 +515,73 @@ def _add_comparisons(board: pd.DataFrame) -> pd.DataFrame:
     adapted = ~board["adaptor"].isin(["none", ""])
     board["adapt_gain_clean"] = (board["clean_acc"] - board["_twin_clean"]).where(adapted)
     board["adapt_gain_robust"] = (board["headline_acc"] - board["_twin_head"]).where(adapted)
-    return board.drop(columns=["_twin_clean", "_twin_head"])
+    board = board.drop(columns=["_twin_clean", "_twin_head"])
+    if "defense" in board:
+        twin_keys = ["run", "seed", "dataset", "domain", "backbone", "head", "adaptor"]
+        twin_keys += [c for c in OPTIONAL_COLUMNS if c in board and c != "defense"]
+        twins = (board.loc[board["defense"] == "none", twin_keys + values]
+                 .drop_duplicates(twin_keys)
+                 .rename(columns={"clean_acc": "_twin_clean", "headline_acc": "_twin_head"}))
+        board = board.merge(twins, on=twin_keys, how="left")
+        defended = ~board["defense"].isin(["none", ""])
+        board["defense_gain_clean"] = (board["clean_acc"] - board["_twin_clean"]).where(defended)
+        board["defense_gain_robust"] = (board["headline_acc"] - board["_twin_head"]
+                                        ).where(defended)
+        board = board.drop(columns=["_twin_clean", "_twin_head"])
+    return board
+
+
+#: the paired differences: per seed (same seed, same samples), then over the seeds a mean
+#: with a 95% t-interval (``COLUMN_ci_low``/``COLUMN_ci_high``; nan with one seed: untested)
+PAIRED_COLUMNS: tuple[str, ...] = ("gap_clean", "gap_robust", "adapt_gain_clean",
+                                   "adapt_gain_robust", "defense_gain_clean",
+                                   "defense_gain_robust")
+#: the confidence of the paired intervals
+PAIRED_CONFIDENCE = 0.95
+
+
+def paired_interval(values: Sequence[float], confidence: float = PAIRED_CONFIDENCE
+                    ) -> tuple[float, float]:
+    """The t-interval of the mean of per-seed paired differences: ``mean +- t * sd / sqrt(n)``
+    with Student's t quantile at ``(1 + confidence) / 2`` and ``n - 1`` degrees of freedom.
+    Values that are nan are left out; fewer than two values give ``(nan, nan)`` (untested).
+    With no spread at all the interval is the point itself."""
+    from scipy.stats import t as student_t
+
+    finite = np.asarray([v for v in values if v is not None and math.isfinite(float(v))],
+                        dtype=float)
+    n = len(finite)
+    if n < 2:
+        return math.nan, math.nan
+    mean = float(finite.mean())
+    half = float(student_t.ppf((1 + confidence) / 2, n - 1) * finite.std(ddof=1) / math.sqrt(n))
+    return mean - half, mean + half
+
+
+def significance(low: Any, high: Any, n_seeds: Any) -> str:
+    """How a reader should take a paired difference: ``untested`` (one seed), ``n.s.``
+    (its interval holds 0: not significant), ``significant`` (it does not), or ``""`` when the
+    difference itself is missing."""
+    try:
+        seeds = int(n_seeds)
+    except (TypeError, ValueError):
+        seeds = 0
+    if seeds < 2:
+        return "untested"
+    if not (_is_number(low) and _is_number(high)):
+        return ""
+    return "n.s." if low <= 0 <= high else "significant"
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 #: per-seed columns the leaderboard averages over the seeds (besides robust[...] and auc[...])
-_MEAN_COLUMNS: tuple[str, ...] = ("clean_acc", "headline_acc", "gap_clean", "gap_robust",
-                                  "adapt_gain_clean", "adapt_gain_robust",
+_MEAN_COLUMNS: tuple[str, ...] = ("clean_acc", "headline_acc", *PAIRED_COLUMNS,
                                   "perceptual_alignment")
 #: per-seed columns summed over the seeds: what the entry cost, and its mismatch counts
 _SUM_COLUMNS: tuple[str, ...] = ("train_seconds", "attack_seconds", "grad_evals", "queries",
@@ -569,6 +630,11 @@ def _over_seeds(per_seed: pd.DataFrame, results: pd.DataFrame,
         headline_acc_std=("headline_acc", "std"),
         headline_acc_worst=("headline_acc", "min"),
     ).reset_index()
+    for column in PAIRED_COLUMNS:
+        if column in board:
+            bounds = [paired_interval(list(values)) for _, values in grouped[column]]
+            out[f"{column}_ci_low"] = [low for low, _ in bounds]
+            out[f"{column}_ci_high"] = [high for _, high in bounds]
     # the status counts every row of every seed, as a one-seed board counts its rows
     statuses = results.groupby(GROUP_KEYS, sort=False, dropna=False)["status"].agg(
         _status_summary)
@@ -599,7 +665,12 @@ def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
     ``gap_clean``/``gap_robust`` (source minus target of the same model);
     ``adapt_gain_clean``/``adapt_gain_robust`` (this row minus the same backbone+head with
     adaptor ``none``, same run, dataset and domain; on target rows this is the adaptation gain,
-    on source rows what adapting cost the source); ``flags`` (union), ``status`` (e.g. ``ok``
+    on source rows what adapting cost the source); ``defense_gain_clean``/
+    ``defense_gain_robust`` when the results have a ``defense`` column (this row minus the
+    same model with defense ``none``); each of these paired differences is computed per seed
+    and averaged, and followed by ``COLUMN_ci_low``/``COLUMN_ci_high``, its 95% t-interval
+    over the seeds (:func:`paired_interval`; nan with one seed: untested, see
+    :func:`significance`); ``flags`` (union), ``status`` (e.g. ``ok``
     or ``ok 10, invalid 2``), ``params``, ``train_seconds``, ``attack_seconds``,
     ``grad_evals``, ``queries``, ``n_verify_mismatch``, ``n_precision_mismatch`` (totals over
     the attacks), ``run``, ``seed``, ``device`` and
@@ -615,7 +686,9 @@ def build_leaderboard(results: pd.DataFrame) -> pd.DataFrame:
              "headline_ci_low", "headline_ci_high", "headline_metric", "headline_source",
              "headline_status", "near_chance", "n_seeds", "clean_acc_std", "clean_acc_worst",
              "headline_acc_std", "headline_acc_worst"]
-    tail = ["gap_clean", "gap_robust", "adapt_gain_clean", "adapt_gain_robust",
+    comparisons = [c for c in PAIRED_COLUMNS
+                   if not c.startswith("defense_") or "defense" in results]
+    tail = [*(x for c in comparisons for x in (c, f"{c}_ci_low", f"{c}_ci_high")),
             *(["perceptual_alignment"] if "perceptual_alignment" in results else []), "flags",
             "status", "params", "train_seconds", "attack_seconds", "grad_evals", "queries",
             "n_verify_mismatch", "n_precision_mismatch", "run", "seed", "device"]

@@ -246,6 +246,12 @@ class DatasetBundle:
     domain: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def input_format(self) -> str:
+        """The images it serves, as reports state it: ``1x28x28 grey``, ``3x32x32 RGB``."""
+        colour = {1: "grey", 3: "RGB"}.get(int(self.in_chans), f"{self.in_chans} channels")
+        return f"{self.in_chans}x{self.image_size}x{self.image_size} {colour}"
+
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 CROP_MODES = ("center", "squash")

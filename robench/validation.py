@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -100,6 +100,53 @@ def resolve_device(requested: str) -> str:
                 f"Device {requested!r} does not exist: {torch.cuda.device_count()} GPU(s) seen."
             )
     return requested
+
+
+#: the dataset parameters that fix the images a dataset serves
+FORMAT_PARAMS: tuple[str, ...] = ("channels", "image_size")
+
+
+def _format_defaults(host: PluginHost, dataset: str) -> dict[str, Any]:
+    """The ``channels``/``image_size`` defaults of a dataset's factory ({} when it has none,
+    or the name is unknown: validation says so later)."""
+    import inspect
+
+    try:
+        spec, _ = host.resolve("dataset", dataset, validate=False)
+        signature = inspect.signature(spec.factory)
+    except (RobenchError, TypeError, ValueError):
+        return {}
+    return {name: p.default for name, p in signature.parameters.items()
+            if name in FORMAT_PARAMS and p.default is not inspect.Parameter.empty}
+
+
+def with_dataset_formats(config: GridConfig, host: PluginHost) -> GridConfig:
+    """The config with the source dataset served in the target's format where it must be.
+
+    Datasets serve their native format by default (``mnist`` 1x28x28 grey).  A grid with a
+    target trains one model on both, so where the user set neither ``channels`` nor
+    ``image_size`` for the source and the target's format differs from the source's default,
+    the source takes the target's (``mnist`` -> ``mnist-m``: 3x32x32 RGB, as MNIST-M is
+    made).  The choice is written into the source's ``[data.NAME]`` table, so task keys,
+    workers and ``run.json`` all see it.
+    """
+    if not config.target:
+        return config
+    source = config.plugin_params("dataset", config.dataset)
+    if any(k in source for k in FORMAT_PARAMS):
+        return config
+    source_format = _format_defaults(host, config.dataset)
+    target = {**_format_defaults(host, config.target),
+              **{k: v for k, v in config.plugin_params("dataset", config.target).items()
+                 if k in FORMAT_PARAMS}}
+    wanted = {k: target[k] for k in FORMAT_PARAMS if k in source_format and k in target}
+    if not wanted or all(source_format[k] == v for k, v in wanted.items()):
+        return config
+    params = {table: {name: dict(values) for name, values in entries.items()}
+              for table, entries in config.params.items()}
+    table = {v: k for k, v in PARAM_TABLES.items()}["dataset"]
+    params.setdefault(table, {})[config.dataset] = {**source, **wanted}
+    return replace(config, params=params)
 
 
 def validate(config: GridConfig, context: WorkerContext) -> ValidGrid:

@@ -61,6 +61,24 @@ def signed_pp(value: Any) -> str:
     return f"{100.0 * float(value):+.1f}"
 
 
+def paired_pp(row: Mapping[str, Any], column: str, *, interval: bool = False) -> str:
+    """A paired difference of a leaderboard row in percentage points: ``+3.2``, with
+    ``n.s.`` when its 95% interval over the seeds holds 0 and, with ``interval``, the
+    interval itself (``+3.2 [+0.4, +6.0]``)."""
+    from robench.leaderboard import significance
+
+    value = row.get(column)
+    text = signed_pp(value)
+    if text == "–":
+        return text
+    low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+    if interval and not (is_missing(low) or is_missing(high)):
+        text += f" [{signed_pp(low)}, {signed_pp(high)}]"
+    if significance(low, high, row.get("n_seeds")) == "n.s.":
+        text += " n.s."
+    return text
+
+
 def pct_ci(value: Any, low: Any, high: Any) -> str:
     """``93.1 [90.2, 95.3]``: an accuracy with its 95% interval, in percent."""
     if is_missing(value):
@@ -125,6 +143,35 @@ def _plain_file_name(stem: str) -> bool:
 #: reporters annotate ``stem`` with it and are decorated with ``robench.checked``
 FileStem = Annotated[str, robench.Check(
     test=_plain_file_name, rule="a plain file name without folders, e.g. 'leaderboard'")]
+
+
+def input_formats(provenance: Mapping[str, Any] | None) -> str:
+    """The images each dataset of a run was served as, from its provenance:
+    ``mnist 1x28x28 grey, mnist-m 3x32x32 RGB`` ("" when the provenance does not say)."""
+    datasets = (provenance or {}).get("datasets")
+    if not isinstance(datasets, Mapping):
+        return ""
+    parts = [f"{name} {facts['input']}" for name, facts in datasets.items()
+             if isinstance(facts, Mapping) and facts.get("input")]
+    return ", ".join(parts)
+
+
+def differences_note(board: pd.DataFrame) -> str:
+    """What a reader may conclude from the leaderboard's gaps and gains: untested with one
+    seed, else how they were tested (plain text; the caller escapes it)."""
+    from robench.leaderboard import PAIRED_CONFIDENCE
+
+    seeds = pd.to_numeric(board.get("n_seeds"), errors="coerce") if len(board) else None
+    most = int(seeds.max()) if seeds is not None and seeds.notna().any() else 1
+    if most < 2:
+        return ("Differences are untested: each model was trained and evaluated with one "
+                "seed, so a domain gap, adaptation gain or defense gain may be seed-to-seed "
+                "spread. Run several seeds (--seeds 0,1,2) to give each a "
+                f"{PAIRED_CONFIDENCE:.0%} interval.")
+    return (f"Differences are paired by seed (same seed, same test samples), averaged over up "
+            f"to {most} seeds, with a {PAIRED_CONFIDENCE:.0%} t-interval over the seeds; "
+            "n.s. marks a difference whose interval holds 0 (not significant: within the "
+            "seed-to-seed spread). A row with one seed is untested (docs/protocol.md).")
 
 
 def provenance_lines(provenance: Mapping[str, Any] | None) -> list[tuple[str, str]]:

@@ -42,6 +42,7 @@ from robench.leaderboard import (
     eps_labels,
     format_eps,
     robust_curves,
+    significance,
 )
 from robench_reports.examples import ExampleSet, load_examples, perturbation_image
 from robench_reports.figures import (
@@ -51,7 +52,16 @@ from robench_reports.figures import (
     heatmap_figure,
     image_uri,
 )
-from robench_reports.formatting import FileStem, is_missing, number, pct, plain, signed_pp
+from robench_reports.formatting import (
+    FileStem,
+    differences_note,
+    input_formats,
+    is_missing,
+    number,
+    pct,
+    plain,
+    signed_pp,
+)
 from robench_reports.text import run_title
 
 TEMPLATE = "leaderboard.html.j2"
@@ -115,13 +125,32 @@ def _pp_cell(value: Any, *, larger_is_better: bool = True) -> dict[str, Any]:
     return _cell(signed_pp(value), _sort_number(value), css=css)
 
 
+def _paired_cell(row: Mapping[str, Any], key: str, *, larger_is_better: bool = True
+                 ) -> dict[str, Any]:
+    """A paired difference: its mean in percentage points, its 95% interval over the seeds
+    beneath, and an ``n.s.`` badge when that interval holds 0."""
+    cell = _pp_cell(row[key], larger_is_better=larger_is_better)
+    if not _finite(row[key]):
+        return cell
+    low, high = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    verdict = significance(low, high, row.get("n_seeds"))
+    if verdict in ("n.s.", "significant"):
+        cell["sub"] = f"[{signed_pp(low)}, {signed_pp(high)}]"
+    if verdict == "n.s.":
+        cell["css"] = "num"  # neither good nor bad news: within the seed-to-seed spread
+        cell["badges"].append({"text": "n.s.", "css": "note",
+                               "title": "not significant: the 95% t-interval over the seeds "
+                                        "holds 0"})
+    return cell
+
+
 def _gap_cell(row: Mapping[str, Any], key: str, has_target: bool) -> dict[str, Any]:
     """The domain gap belongs to the model, not to a domain: shown once, on the target row
     (where the accuracy drops); the source row of a model with a target row says where."""
     if has_target and str(row.get("domain")) == "source":
         return _cell("", "", css="num muted", title="the domain gap is on this model's "
                                                     "target row")
-    return _pp_cell(row[key], larger_is_better=False)
+    return _paired_cell(row, key, larger_is_better=False)
 
 
 def _ci_text(row: Mapping[str, Any], low: str, high: str) -> str:
@@ -189,6 +218,17 @@ def _columns(board: pd.DataFrame, headline: Headline, multi_run: bool
         column("adapt_gain_robust", "adapt. gain robust pp",
                "this model minus the same backbone+head without an adaptor, headline"),
     ]
+    if "defense_gain_clean" in board and board["defense_gain_clean"].notna().any():
+        columns += [
+            column("defense_gain_clean", "defense gain clean pp",
+                   "this model minus the same model trained without a defense, clean accuracy"),
+            column("defense_gain_robust", "defense gain robust pp",
+                   "this model minus the same model trained without a defense, headline"),
+        ]
+    if (board["n_seeds"] > 1).any():
+        columns.insert(5, column("headline_acc_std", "seeds: robust sd",
+                                 "number of seeds, standard deviation of the headline over "
+                                 "the seeds and its worst seed"))
     for key in robust:
         threat_eps = key[len("robust["):-1].replace("@", " ")
         columns.append(column(key, f"robust % {threat_eps}",
@@ -238,10 +278,14 @@ def _row_cells(row: Mapping[str, Any], columns: list[dict[str, str]], *,
             cells.append(_cell(pct(row[key]), _sort_number(row[key]), css="num headline",
                                sub=_ci_text(row, "headline_ci_low", "headline_ci_high"),
                                badges=badges))
+        elif key == "headline_acc_std":
+            cells.append(_cell(pct(row[key]), _sort_number(row[key]),
+                               sub=f"{number(row['n_seeds'])} seeds, worst "
+                                   f"{pct(row['headline_acc_worst'])}"))
         elif key.startswith("gap_"):
             cells.append(_gap_cell(row, key, has_target))
-        elif key.startswith("adapt_gain_"):
-            cells.append(_pp_cell(row[key]))
+        elif key.startswith(("adapt_gain_", "defense_gain_")):
+            cells.append(_paired_cell(row, key))
         elif key == "flags":
             flags = str(row["flags"] or "")
             cells.append(_cell(flags.replace(";", "; "), flags, css="flags"))
@@ -548,6 +592,8 @@ class HtmlReporter:
             "title": run_title(results, context),
             "headline": headline.describe(),
             "headline_doc": HEADLINE_DOC,
+            "differences": differences_note(board) if not board.empty else "",
+            "input": input_formats(context.get("provenance")),
             "rows": len(board),
             "table": _table_view(board, headline) if not board.empty else None,
             "figures": _figures(results, board, headline, dpi=self.dpi)

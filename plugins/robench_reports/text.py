@@ -19,13 +19,15 @@ from robench.leaderboard import HEADLINE_DOC, build_leaderboard, choose_headline
 from robench.results import COLUMNS
 from robench_reports.formatting import (
     FileStem,
+    differences_note,
+    input_formats,
     md_escape,
     number,
     pct,
+    paired_pp,
     pct_ci,
     provenance_lines,
     records,
-    signed_pp,
     to_json,
 )
 
@@ -116,6 +118,23 @@ def _md_table(header: list[str], rows: list[list[str]], *, right: set[int]) -> l
     return lines
 
 
+def _paired_table(board: pd.DataFrame, defended: bool) -> list[str]:
+    """The paired differences of a several-seed leaderboard with their intervals."""
+    from robench.leaderboard import PAIRED_CONFIDENCE
+
+    names = [("gap", "domain gap"), ("adapt_gain", "adaptation gain")]
+    if defended:
+        names.append(("defense_gain", "defense gain"))
+    header = ["model", "domain", "seeds"]
+    header += [f"{label} {kind} (pp)" for _, label in names for kind in ("clean", "robust")]
+    rows = [[md_escape(r["model"]), md_escape(r["domain"]), number(r["n_seeds"]),
+             *(paired_pp(r, f"{key}_{kind}", interval=True) for key, _ in names
+               for kind in ("clean", "robust"))]
+            for r in board.to_dict("records")]
+    return [f"## Paired differences: mean over seeds [{PAIRED_CONFIDENCE:.0%} t-interval]", "",
+            *_md_table(header, rows, right=set(range(2, len(header)))), ""]
+
+
 class MarkdownReporter:
     """``leaderboard.md``: the ranking for a README or a pull request, readable as text.
 
@@ -135,6 +154,9 @@ class MarkdownReporter:
         lines = [f"# robench leaderboard: {md_escape(title)}", ""]
         lines += [f"**Headline metric: {md_escape(headline.describe())}.** "
                   f"{md_escape(HEADLINE_DOC)}", ""]
+        formats = input_formats(context.get("provenance"))
+        if formats:
+            lines += [f"**Input**: {md_escape(formats)}.", ""]
         if board.empty:
             lines += ["_No results._", ""]
         else:
@@ -146,8 +168,15 @@ class MarkdownReporter:
                       f"robust % @ {at} [95% CI]" if headline.threat != "none"
                       else "headline: clean %"]
             header += [md_escape(c) + " %" for c in auc_cols]
-            header += ["domain gap clean / robust (pp)", "adaptation gain clean / robust (pp)",
-                       "flags", "status"]
+            seeded = bool((board["n_seeds"] > 1).any())
+            defended = bool("defense_gain_clean" in board
+                            and board["defense_gain_clean"].notna().any())
+            if seeded:
+                header.append("seeds: robust sd / worst")
+            header += ["domain gap clean / robust (pp)", "adaptation gain clean / robust (pp)"]
+            if defended:
+                header.append("defense gain clean / robust (pp)")
+            header += ["flags", "status"]
             if multi_run:
                 header.append("run")
             rows = []
@@ -166,18 +195,25 @@ class MarkdownReporter:
                     head,
                 ]
                 cells += [pct(row[c]) for c in auc_cols]
+                if seeded:
+                    cells.append(f"{number(row['n_seeds'])}: "
+                                 f"{pct(row['headline_acc_std'])} / "
+                                 f"{pct(row['headline_acc_worst'])}")
+                pairs = ["gap", "adapt_gain", *(["defense_gain"] if defended else [])]
+                cells += [f"{paired_pp(row, f'{p}_clean')} / {paired_pp(row, f'{p}_robust')}"
+                          for p in pairs]
                 cells += [
-                    f"{signed_pp(row['gap_clean'])} / {signed_pp(row['gap_robust'])}",
-                    f"{signed_pp(row['adapt_gain_clean'])} / "
-                    f"{signed_pp(row['adapt_gain_robust'])}",
                     md_escape(row["flags"].replace(";", ", ")) or "–",
                     md_escape(row["status"]),
                 ]
                 if multi_run:
                     cells.append(md_escape(row["run"]))
                 rows.append(cells)
-            lines += _md_table(header, rows, right={0, 4, 5, 6, *range(7, 9 + len(auc_cols))})
-            lines.append("")
+            lines += _md_table(header, rows, right={
+                0, 4, 5, 6, *range(7, 9 + len(auc_cols) + seeded + defended)})
+            lines += ["", f"**{md_escape(differences_note(board))}**", ""]
+            if seeded:
+                lines += _paired_table(board, defended)
             if robust_cols:
                 lines += ["## Robust accuracy per threat and eps (%)", ""]
                 header = ["model", "domain", *(md_escape(c) for c in robust_cols)]
