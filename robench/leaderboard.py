@@ -506,29 +506,27 @@ def _add_comparisons(board: pd.DataFrame) -> pd.DataFrame:
     board = board.merge(pairs[model_keys + ["gap_clean", "gap_robust"]], on=model_keys,
                         how="left")
 
-    twin_keys = ["run", "seed", "dataset", "domain", "backbone", "head"]
-    twin_keys += [c for c in OPTIONAL_COLUMNS if c in board]  # a defense has its own twin
-    twins = (board.loc[board["adaptor"] == "none", twin_keys + values]
+    keys = ["run", "seed", "dataset", "domain", "backbone", "head", "adaptor",
+            *(c for c in OPTIONAL_COLUMNS if c in board)]
+    # a defense has its own twin without an adaptor; an adaptor its own without a defense
+    board = _twin_gain(board, "adaptor", "adapt_gain", keys)
+    if "defense" in board:
+        board = _twin_gain(board, "defense", "defense_gain", keys)
+    return board
+
+
+def _twin_gain(board: pd.DataFrame, part: str, prefix: str, keys: list[str]) -> pd.DataFrame:
+    """``PREFIX_clean``/``PREFIX_robust``: each row minus its twin with ``part`` = ``none``
+    (same ``keys`` but ``part``); blank on the ``none`` rows themselves."""
+    twin_keys = [k for k in keys if k != part]
+    twins = (board.loc[board[part] == "none", twin_keys + ["clean_acc", "headline_acc"]]
              .drop_duplicates(twin_keys)
              .rename(columns={"clean_acc": "_twin_clean", "headline_acc": "_twin_head"}))
     board = board.merge(twins, on=twin_keys, how="left")
-    adapted = ~board["adaptor"].isin(["none", ""])
-    board["adapt_gain_clean"] = (board["clean_acc"] - board["_twin_clean"]).where(adapted)
-    board["adapt_gain_robust"] = (board["headline_acc"] - board["_twin_head"]).where(adapted)
-    board = board.drop(columns=["_twin_clean", "_twin_head"])
-    if "defense" in board:
-        twin_keys = ["run", "seed", "dataset", "domain", "backbone", "head", "adaptor"]
-        twin_keys += [c for c in OPTIONAL_COLUMNS if c in board and c != "defense"]
-        twins = (board.loc[board["defense"] == "none", twin_keys + values]
-                 .drop_duplicates(twin_keys)
-                 .rename(columns={"clean_acc": "_twin_clean", "headline_acc": "_twin_head"}))
-        board = board.merge(twins, on=twin_keys, how="left")
-        defended = ~board["defense"].isin(["none", ""])
-        board["defense_gain_clean"] = (board["clean_acc"] - board["_twin_clean"]).where(defended)
-        board["defense_gain_robust"] = (board["headline_acc"] - board["_twin_head"]
-                                        ).where(defended)
-        board = board.drop(columns=["_twin_clean", "_twin_head"])
-    return board
+    changed = ~board[part].isin(["none", ""])
+    board[f"{prefix}_clean"] = (board["clean_acc"] - board["_twin_clean"]).where(changed)
+    board[f"{prefix}_robust"] = (board["headline_acc"] - board["_twin_head"]).where(changed)
+    return board.drop(columns=["_twin_clean", "_twin_head"])
 
 
 #: the paired differences: per seed (same seed, same samples), then over the seeds a mean
