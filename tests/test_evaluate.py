@@ -22,7 +22,8 @@ from robench.cli import app
 
 ATTACKS = ["fgsm", "pgd"]
 EPS = {"linf": ["0.05", "0.2"]}
-#: MNIST as LeNet-size models take it (the dataset's default is 32 px RGB, to pair with mnist-m)
+#: MNIST as LeNet-size models take it (the dataset's native default, stated so the grids
+#: below do not depend on it)
 MNIST = {"image_size": 28, "channels": 1}
 NUMBERS = ["clean_acc", "robust_acc", "n", "n_robust", "grad_evals", "status"]
 

@@ -16,20 +16,20 @@ from torch import nn
 
 import robench
 
-GREY_CNN = textwrap.dedent("""
+USER_CNNS = textwrap.dedent("""
     import torch
     from torch import nn
 
 
-    def small_cnn(num_classes: int = 10) -> nn.Module:
+    def rgb32_cnn(num_classes: int = 10) -> nn.Module:
         torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
-                             nn.Linear(4 * 26 * 26, num_classes))
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(4 * 30 * 30, num_classes))
 
 
     def any_size_cnn(num_classes: int) -> nn.Module:
         torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                              nn.Flatten(), nn.Linear(4, num_classes))
 """)
 
@@ -39,12 +39,25 @@ def grey_cnn() -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
 
 
-def test_evaluate_serves_mnist_as_the_1x28x28_the_model_takes() -> None:
+def rgb32_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 10))
+
+
+def test_evaluate_takes_mnist_in_its_native_1x28x28_grey() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rows = robench.evaluate(grey_cnn(), "mnist", attacks=["fgsm"], eps=["0.1"], limit=40)
     assert (rows["status"] == "ok").all(), rows[["attack", "status"]]
-    assert any("served as 1x28x28" in str(w.message) for w in caught)
+    assert not any("served as" in str(w.message) for w in caught)
+
+
+def test_evaluate_serves_mnist_as_the_3x32x32_an_rgb_model_takes() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = robench.evaluate(rgb32_cnn(), "mnist", attacks=["fgsm"], eps=["0.1"], limit=40)
+    assert (rows["status"] == "ok").all(), rows[["attack", "status"]]
+    assert any("served as 3x32x32" in str(w.message) for w in caught)
 
 
 def test_evaluate_refuses_tensors_the_model_cannot_take_before_any_work() -> None:
@@ -60,6 +73,9 @@ def test_evaluate_with_dataset_params_the_user_gave_is_not_second_guessed() -> N
     with pytest.raises(robench.UsageError, match=r"3x32x32 images .*it takes 1x28x28"):
         robench.evaluate(grey_cnn(), "mnist", attacks=["fgsm"], eps=["0.1"], limit=40,
                          dataset_params={"channels": 3, "image_size": 32})
+    with pytest.raises(robench.UsageError, match=r"1x28x28 images .*it takes 3x32x32"):
+        robench.evaluate(rgb32_cnn(), "mnist", attacks=["fgsm"], eps=["0.1"], limit=40,
+                         dataset_params={"channels": 1})
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -69,14 +85,14 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_py_model_is_refused_with_the_shapes_and_the_fix(tmp_path: Path) -> None:
-    (tmp_path / "train_cnn.py").write_text(GREY_CNN)
-    proc = _cli(["--dataset", "mnist", "--models", "py:train_cnn:small_cnn", "--target", "none",
+    (tmp_path / "train_cnn.py").write_text(USER_CNNS)
+    proc = _cli(["--dataset", "mnist", "--models", "py:train_cnn:rgb32_cnn", "--target", "none",
                  "--attacks", "fgsm", "--limit", "20", "--out", str(tmp_path / "runs")],
                 tmp_path)
     assert proc.returncode == 2, proc.stderr
     err = " ".join(proc.stderr.split())
-    assert "cannot take dataset 'mnist''s 3x32x32 images" in err
-    assert "it takes 1x28x28" in err and "[data.mnist] channels = 1, image_size = 28" in err
+    assert "cannot take dataset 'mnist''s 1x28x28 images" in err
+    assert "it takes 3x32x32" in err and "[data.mnist] channels = 3, image_size = 32" in err
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs" / "default" / "results.sqlite").exists()
 
@@ -84,7 +100,7 @@ def test_py_model_is_refused_with_the_shapes_and_the_fix(tmp_path: Path) -> None
 def test_py_model_takes_the_dataset_classes_and_size_without_a_table(tmp_path: Path) -> None:
     """No [model."py:..."] table: the factory gets the dataset's num_classes, and a model of
     any input size is run on the dataset's images (was: 'the number of classes is unknown')."""
-    (tmp_path / "train_cnn.py").write_text(GREY_CNN)
+    (tmp_path / "train_cnn.py").write_text(USER_CNNS)
     out = tmp_path / "runs"
     proc = _cli(["--dataset", "mnist", "--models", "py:train_cnn:any_size_cnn", "--target",
                  "none", "--attacks", "fgsm", "--limit", "20", "--out", str(out)], tmp_path)

@@ -232,13 +232,16 @@ def mnist(
     source: Source = "auto",
     root: FolderPath = None,
     download: bool = False,
-    image_size: ImageSize = 32,
-    channels: Channels = 3,
+    image_size: ImageSize = NATIVE_SIZE,
+    channels: Channels = 1,
     max_train: Limit = None,
     max_test: Limit = None,
 ) -> robench.DatasetBundle:
-    """MNIST, resized 28 -> 32 by default and gray repeated to RGB (so any backbone and the
-    DANN digit CNN take it).
+    """MNIST in its native format by default: 1x28x28 grey, the format the literature's
+    MNIST numbers are measured in (Linf 0.3 moves one grey value per pixel, not three colour
+    channels on their own).  ``channels=3`` repeats the grey to RGB and ``image_size``
+    resizes; a grid whose target is ``mnist-m`` serves ``mnist`` as 3x32x32 RGB by itself
+    (the target's format) unless ``[data.mnist]`` sets the format.
 
     ``source="auto"`` reads torchvision's files under ``root/MNIST/raw/`` when they are all
     there (or fetches them with ``download=true``), else uses the 5,000 real digits shipped

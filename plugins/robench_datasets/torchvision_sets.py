@@ -189,11 +189,13 @@ def cifar100(*, root: FolderPath = None, download: bool = False, image_size: Ima
 
 
 @robench.checked(robench.table_ref("data", "mnist"))
-def mnist(*, root: FolderPath = None, download: bool = False, image_size: ImageSize = 32,
-          channels: Channels = 3, max_train: Limit = None,
+def mnist(*, root: FolderPath = None, download: bool = False, image_size: ImageSize = 28,
+          channels: Channels = 1, max_train: Limit = None,
           max_test: Limit = None) -> robench.DatasetBundle:
-    """MNIST from ``root/MNIST/raw/``, resized 28 -> 32 by default (timm models and the
-    DANN digit CNN expect 32) and gray repeated to RGB so any backbone takes it."""
+    """MNIST from ``root/MNIST/raw/`` in its native 1x28x28 grey by default (the format of
+    the literature's MNIST numbers); ``channels=3`` repeats the grey to RGB, ``image_size``
+    resizes.  The registered ``mnist`` (:mod:`robench_datasets.mnist`) reads the same files
+    and falls back to the shipped subset."""
     return load_torchvision("mnist", root=root, download=download, image_size=image_size,
                             channels=channels, max_train=max_train, max_test=max_test)
 

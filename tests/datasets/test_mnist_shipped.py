@@ -18,6 +18,7 @@ import torch
 from robench_datasets.mnist import mnist, mnist_m, shipped_file, shipped_split
 
 import robench
+from robench.validation import with_dataset_formats
 
 N_FAKE_TRAIN, N_FAKE_TEST = 12, 6
 
@@ -85,14 +86,17 @@ def test_shipped_shapes_values_and_labels(native: robench.DatasetBundle, file_ro
         assert split.labels.tolist() == labels[index].tolist()
 
 
-def test_default_is_32px_rgb_like_the_torchvision_mnist(native: robench.DatasetBundle) -> None:
-    bundle = mnist()  # no root: the shipped subset
+def test_default_is_native_grey_and_rgb32_on_request(native: robench.DatasetBundle) -> None:
+    bundle = mnist()  # no root: the shipped subset, in MNIST's own 1x28x28 grey
     assert bundle.info["source"] == "shipped"
-    assert bundle.train.images.shape == (4000, 3, 32, 32)
-    assert (bundle.image_size, bundle.in_chans) == (32, 3)
-    assert torch.equal(bundle.train.images[:, 0], bundle.train.images[:, 2])
-    assert bundle.train.images.min() >= 0 and bundle.train.images.max() <= 1
-    assert torch.equal(bundle.train.labels, native.train.labels)
+    assert (bundle.image_size, bundle.in_chans) == (28, 1)
+    assert torch.equal(bundle.train.images, native.train.images)
+    assert bundle.input_format == "1x28x28 grey"
+    rgb = mnist(image_size=32, channels=3)
+    assert rgb.train.images.shape == (4000, 3, 32, 32) and rgb.input_format == "3x32x32 RGB"
+    assert torch.equal(rgb.train.images[:, 0], rgb.train.images[:, 2])
+    assert rgb.train.images.min() >= 0 and rgb.train.images.max() <= 1
+    assert torch.equal(rgb.train.labels, native.train.labels)
 
 
 def test_split_is_fixed_disjoint_and_class_interleaved(file_rows) -> None:
@@ -243,14 +247,26 @@ def test_mnist_m_from_torchvision_files(tmp_path: Path) -> None:
 
 
 def test_mnist_to_mnist_m_is_a_valid_dann_pair() -> None:
-    """The grid requires source and target to agree on classes, image size and channels."""
+    """The grid requires source and target to agree on classes, image size and channels:
+    with the same format parameters they do, and a grid that leaves the source's format
+    unset serves it in the target's (mnist is 1x28 grey by default, mnist-m 3x32 RGB)."""
     host = robench.PluginHost.create(entry_points=False, plugins=[robench_datasets.plugin])
-    for params in ({}, {"channels": 1}, {"image_size": 28, "channels": 1}):
+    for params in ({"image_size": 32, "channels": 3}, {"channels": 1, "image_size": 32},
+                   {"image_size": 28, "channels": 1}):
         source = host.build("dataset", "mnist", max_train=20, max_test=20, **params)
         target = host.build("dataset", "mnist-m", max_train=20, max_test=20, **params)
         assert (source.num_classes, source.image_size, source.in_chans) == (
             target.num_classes, target.image_size, target.in_chans)
         assert torch.equal(source.test.labels, target.test.labels)
+    config = robench.GridConfig(dataset="mnist", target="mnist-m")
+    served = with_dataset_formats(config, host)
+    assert served.plugin_params("dataset", "mnist") == {"channels": 3, "image_size": 32}
+    # a format the user chose is kept (and the grid then refuses a mismatch, as before)
+    chosen = robench.GridConfig(dataset="mnist", target="mnist-m",
+                                params={"data": {"mnist": {"channels": 1}}})
+    assert with_dataset_formats(chosen, host) is chosen
+    assert with_dataset_formats(robench.GridConfig(dataset="mnist", target=None), host) \
+        .plugin_params("dataset", "mnist") == {}
     gray = host.build("dataset", "mnist-m", channels=1, max_train=5, max_test=5)
     assert gray.train.images.shape == (5, 1, 32, 32)
     assert not torch.equal(gray.train.images,

@@ -153,16 +153,17 @@ def test_cifar100_fine_labels(tmp_path: Path, accept_any_md5: list[str]) -> None
     assert len(bundle.test) == N_TEST
 
 
-def test_mnist_is_resized_to_32_rgb(tmp_path: Path) -> None:
+def test_mnist_is_native_grey_by_default_and_rgb32_on_request(tmp_path: Path) -> None:
     train, labels = write_mnist(tmp_path)  # MNIST checks that files exist, not their MD5
-    bundle = mnist(root=tmp_path)
-    assert bundle.train.images.shape == (N_TRAIN, 3, 32, 32)
-    assert (bundle.image_size, bundle.in_chans, bundle.num_classes) == (32, 3, 10)
-    assert bundle.train.labels.tolist() == labels.tolist()
-    assert torch.equal(bundle.train.images[:, 0], bundle.train.images[:, 2])
-    native = mnist(root=tmp_path, image_size=28, channels=1)
+    native = mnist(root=tmp_path)
+    assert native.train.images.shape == (N_TRAIN, 1, 28, 28)
+    assert (native.image_size, native.in_chans, native.num_classes) == (28, 1, 10)
+    assert native.train.labels.tolist() == labels.tolist()
     assert torch.equal(native.train.images[:, 0], torch.from_numpy(train).float() / 255)
     assert len(native.test) == N_TEST
+    rgb = mnist(root=tmp_path, image_size=32, channels=3)
+    assert rgb.train.images.shape == (N_TRAIN, 3, 32, 32)
+    assert torch.equal(rgb.train.images[:, 0], rgb.train.images[:, 2])
 
 
 def test_svhn_maps_label_10_to_0(tmp_path: Path, accept_any_md5: list[str]) -> None:
