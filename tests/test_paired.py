@@ -128,3 +128,15 @@ def test_paired_interval_units():
     assert significance(low, high, 2) == "n.s."
     assert significance(0.01, 0.2, 3) == "significant"
     assert significance(float("nan"), float("nan"), 1) == "untested"
+
+
+def test_no_paired_table_where_no_row_has_a_difference(three_seeds):
+    """A several-seed grid with one model on one domain has nothing to pair: no table of
+    dashes (seen on reproduce_at's one-model grid)."""
+    from robench_reports.text import _paired_table
+
+    _, results = three_seeds
+    alone = results[(results["adaptor"] == "none") & (results["domain"] == "source")]
+    assert _paired_table(build_leaderboard(alone), defended=False) == []
+    table = _paired_table(build_leaderboard(results), defended=False)
+    assert table[0].startswith("## Paired differences") and len(table) == 2 + 2 + 4 + 1

@@ -119,18 +119,23 @@ def _md_table(header: list[str], rows: list[list[str]], *, right: set[int]) -> l
 
 
 def _paired_table(board: pd.DataFrame, defended: bool) -> list[str]:
-    """The paired differences of a several-seed leaderboard with their intervals."""
+    """The paired differences of a several-seed leaderboard with their intervals: the rows
+    that have one (a grid without a target, an adaptor or a defense has none: no table)."""
     from robench.leaderboard import PAIRED_CONFIDENCE
 
     names = [("gap", "domain gap"), ("adapt_gain", "adaptation gain")]
     if defended:
         names.append(("defense_gain", "defense gain"))
+    columns = [f"{key}_{kind}" for key, _ in names for kind in ("clean", "robust")]
+    records = [r for r in board.to_dict("records")
+               if any(pd.notna(r.get(c)) for c in columns)]
+    if not records:
+        return []
     header = ["model", "domain", "seeds"]
     header += [f"{label} {kind} (pp)" for _, label in names for kind in ("clean", "robust")]
     rows = [[md_escape(r["model"]), md_escape(r["domain"]), number(r["n_seeds"]),
-             *(paired_pp(r, f"{key}_{kind}", interval=True) for key, _ in names
-               for kind in ("clean", "robust"))]
-            for r in board.to_dict("records")]
+             *(paired_pp(r, column, interval=True) for column in columns)]
+            for r in records]
     return [f"## Paired differences: mean over seeds [{PAIRED_CONFIDENCE:.0%} t-interval]", "",
             *_md_table(header, rows, right=set(range(2, len(header)))), ""]
 
